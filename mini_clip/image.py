@@ -1,0 +1,121 @@
+"""OpenAI's image preprocessing with PIL and numpy only, and the crop geometry it implies.
+
+OpenAI's `clip._transform(n_px)` is torchvision's Resize(n_px, bicubic) -> CenterCrop(n_px) -> RGB ->
+ToTensor -> Normalize. The same arithmetic is written out here (torchvision is not a dependency), and the
+geometry of the resize and crop is kept so a relevance grid can be mapped back onto the original photo.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's per-channel statistics of its training images
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageError(ValueError):
+    """An image that cannot be read; the message names the file and says what was wrong."""
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where the model's square input came from: the original (width, height) was resized to
+    (resized_width, resized_height), then the square [left, left+size) x [top, top+size) was cut out."""
+    width: int
+    height: int
+    resized_width: int
+    resized_height: int
+    left: int
+    top: int
+    size: int
+
+    def crop_box(self) -> tuple[float, float, float, float]:
+        """The crop as (x0, y0, x1, y1) in original-image pixel coordinates (edges, not centres)."""
+        sx, sy = self.width / self.resized_width, self.height / self.resized_height
+        return (self.left * sx, self.top * sy, (self.left + self.size) * sx, (self.top + self.size) * sy)
+
+
+def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
+    """The resize-then-centre-crop that torchvision's Resize(size) + CenterCrop(size) apply.
+
+    The short side becomes `size`, the long side `int(size * long / short)` (truncated, as torchvision);
+    the crop offsets are `int(round((side - size) / 2.0))` (Python's round: halves go to even).
+    """
+    if width <= height:
+        rw, rh = size, int(size * height / width)
+    else:
+        rw, rh = int(size * width / height), size
+    return CropGeometry(width, height, rw, rh, int(round((rw - size) / 2.0)), int(round((rh - size) / 2.0)), size)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    16-bit greyscale ("I;16*", "I") is scaled by 1/257 (65535 -> 255) instead of clipped at 255 as
+    `convert("RGB")` would, which turns most 16-bit photos white. Palette images with a transparent
+    colour go through RGBA first, which PIL asks for; the alpha channel is then dropped, as OpenAI does.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """Open an image file fully, honour its EXIF orientation (OpenAI's pipeline does not; a phone photo
+    would otherwise be seen on its side), and return it in RGB. Animated images give their first frame.
+
+    Raises:
+        ImageError: the file is missing, not an image, truncated, or too large to decode safely.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # decode now, so a truncated file fails here and not halfway through
+                image = ImageOps.exif_transpose(image)
+                return to_rgb(image)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: refused, too many pixels to decode safely ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unknown, corrupt and truncated files
+        raise ImageError(f"{path}: not a readable image ({e})") from None
+
+
+def resize_and_crop(image: Image.Image, size: int) -> tuple[Image.Image, CropGeometry]:
+    """Bicubic short-side resize and centre crop to size x size, with the geometry used."""
+    g = crop_geometry(image.width, image.height, size)
+    resized = image.resize((g.resized_width, g.resized_height), Image.BICUBIC)
+    return resized.crop((g.left, g.top, g.left + size, g.top + size)), g
+
+
+def preprocess(image: Union[Image.Image, str, os.PathLike], size: int = 224,
+               return_geometry: bool = False):
+    """An image (PIL or path) -> normalised float tensor (3, size, size), as OpenAI's `preprocess`.
+
+    Args:
+        image: a PIL image in any mode, or a path to an image file.
+        size: the model's input resolution (`model.visual.input_resolution`).
+        return_geometry: also return the CropGeometry that maps the input back onto the original.
+    Returns:
+        The tensor, or (tensor, geometry) when `return_geometry` is set.
+    """
+    if not isinstance(image, Image.Image):
+        image = load_image(image)
+    crop, geometry = resize_and_crop(to_rgb(image), size)
+    x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, size, size)
+    x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    return (x, geometry) if return_geometry else x

@@ -1,0 +1,283 @@
+"""OpenAI's CLIP (ViT image tower + causal text transformer), written out to be read top to bottom.
+
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (2021). Parameter
+names are OpenAI's (`visual.conv1`, `transformer.resblocks.{i}.attn.in_proj_weight`, ...), so OpenAI and
+OpenCLIP checkpoints load unchanged. Two departures from OpenAI's `model.py`, neither changing a number:
+- tensors are batch-first, (B, T, C), as in open_clip, instead of (T, B, C);
+- attention is written out instead of calling `nn.MultiheadAttention`, so each block can keep its attention
+  probabilities in the autograd graph when asked (`recording`) — the relevance method needs them and their
+  gradients, and this way it needs no hooks. When not recording, blocks take the fused
+  `F.scaled_dot_product_attention` path and keep nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEAD_WIDTH = 64  # OpenAI's build_model: heads = width // 64 for both towers
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int  # width of the joint image-text embedding space
+    image_resolution: int  # input side in pixels; a multiple of the patch size
+    vision_layers: int  # residual attention blocks in the image tower
+    vision_width: int  # image token width
+    vision_patch_size: int  # conv1 kernel = stride: the image is cut into (resolution/patch)^2 patches
+    context_length: int = 77  # text positions (OpenAI: 77 = 75 BPE tokens + start + end)
+    vocab_size: int = 49408  # 256 bytes + 256 bytes</w> + 48894 merges + 2 specials
+    transformer_width: int = 512  # text token width
+    transformer_heads: int = 8  # text attention heads
+    transformer_layers: int = 12  # text residual attention blocks
+    vision_heads: int = 0  # 0 means OpenAI's rule, vision_width // 64 (Hugging Face configs may differ)
+
+    def __post_init__(self):
+        if self.vision_heads == 0:  # frozen: set through object.__setattr__, as dataclasses do
+            object.__setattr__(self, "vision_heads", max(1, self.vision_width // HEAD_WIDTH))
+        if self.image_resolution % self.vision_patch_size:
+            raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of the patch size "
+                             f"{self.vision_patch_size}")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of the image: 7 for ViT-B/32 at 224 px."""
+        return self.image_resolution // self.vision_patch_size
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> "CLIPConfig":
+        """Infer the architecture from tensor shapes, as OpenAI's `build_model` does.
+
+        Heads cannot be read from shapes; OpenAI's rule, width // 64, is used for both towers.
+        """
+        def count_blocks(prefix: str) -> int:
+            return len({k.split(".")[prefix.count(".")] for k in sd if k.startswith(prefix)})
+
+        if "visual.proj" not in sd:
+            raise ValueError("not a CLIP ViT state dict: 'visual.proj' is missing (ResNet CLIPs are not supported)")
+        patch = sd["visual.conv1.weight"].shape[-1]
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        text_width = sd["ln_final.weight"].shape[0]
+        return cls(
+            embed_dim=sd["text_projection"].shape[1],
+            image_resolution=patch * grid,
+            vision_layers=count_blocks("visual.transformer.resblocks."),
+            vision_width=sd["visual.conv1.weight"].shape[0],
+            vision_patch_size=patch,
+            context_length=sd["positional_embedding"].shape[0],
+            vocab_size=sd["token_embedding.weight"].shape[0],
+            transformer_width=text_width,
+            transformer_heads=max(1, text_width // HEAD_WIDTH),
+            transformer_layers=count_blocks("transformer.resblocks."),
+        )
+
+
+# OpenAI's published ViT models (clip.available_models()); from_state_dict must reproduce these exactly.
+PRESETS = {
+    "ViT-B/32": CLIPConfig(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
+    "ViT-B/16": CLIPConfig(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+    "ViT-L/14": CLIPConfig(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "ViT-L/14@336px": CLIPConfig(768, 336, 24, 1024, 14, 77, 49408, 768, 12, 12),
+}
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back, so fp16/bf16 models stay stable (as OpenAI's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with (exact GELU changes results)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names (fused in-projection)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # rows: q, k, v
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False, keep_probs: bool = False):
+        """Returns (output (B, T, C), attention probabilities (B, nh, T, T) or None)."""
+        B, T, C = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if keep_probs:
+            scores = (q * (C // self.heads) ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
+            if causal:  # a text token sees itself and the tokens before it
+                scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), -math.inf)
+            probs = scores.float().softmax(dim=-1).to(q.dtype)  # softmax in fp32, as torch's MHA
+            y = probs @ v  # (B, nh, T, hs)
+        else:
+            probs = None
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.out_proj(y), probs
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block. With `record` set, `attn_probs` holds this block's last attention
+    probabilities, (B, nh, T, T), as a tensor in the autograd graph (for relevance); otherwise None."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential()  # named children, so keys read mlp.c_fc.* and mlp.c_proj.* as OpenAI's
+        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
+        self.mlp.add_module("gelu", QuickGELU())
+        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
+        self.ln_2 = LayerNorm(width)
+        self.record = False
+        self.attn_probs: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        y, self.attn_probs = self.attn(self.ln_1(x), causal=causal, keep_probs=self.record)
+        x = x + y
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int):
+        super().__init__()
+        self.width = width
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, causal=causal)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int):
+        super().__init__()
+        self.input_resolution = resolution
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width ** -0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) -> tokens (B, 1 + grid*grid, C): class token first, then patches row by row."""
+        x = self.conv1(image.to(self.conv1.weight.dtype))  # (B, C, grid, grid)
+        x = x.flatten(2).transpose(1, 2)  # (B, grid*grid, C)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, C)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, T, C)
+        return self.ln_pre(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, C) -> image features (B, embed_dim), read from the class token."""
+        return self.ln_post(x[:, 0, :]) @ self.proj
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.transformer(self.embed(image)))
+
+
+class CLIP(nn.Module):
+    """Image and text towers and the learned temperature; `forward` returns OpenAI's two logit matrices."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        c = self.config = config
+        self.context_length = c.context_length
+        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width,
+                                        c.vision_layers, c.vision_heads, c.embed_dim)
+        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
+        self.ln_final = LayerNorm(c.transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
+        self.initialize_parameters()
+
+    def initialize_parameters(self) -> None:
+        """OpenAI's initialisation of the text blocks, applied to both towers (training from scratch starts here;
+        OpenAI left the image blocks at PyTorch's defaults)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        for tower in (self.visual.transformer, self.transformer):
+            layers = len(tower.resblocks)
+            proj_std = tower.width ** -0.5 * (2 * layers) ** -0.5
+            for block in tower.resblocks:
+                nn.init.normal_(block.attn.in_proj_weight, std=tower.width ** -0.5)
+                nn.init.zeros_(block.attn.out_proj.bias)
+                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+                nn.init.normal_(block.mlp.c_fc.weight, std=(2 * tower.width) ** -0.5)
+                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=self.transformer.width ** -0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (B, 3, H, W) -> features (B, embed_dim), not normalised."""
+        return self.visual(image)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Token ids (N, L) -> token embeddings plus positions (N, L, C); L may be below the context."""
+        return self.token_embedding(text).to(self.dtype) + self.positional_embedding[: text.shape[1]].to(self.dtype)
+
+    def pool_text(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Tokens (N, L, C) -> text features (N, embed_dim), read at end-of-text (the largest id in a row)."""
+        x = self.ln_final(x)
+        return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Token ids (N, context) -> features (N, embed_dim), not normalised."""
+        # The mask is causal and features are read at end-of-text, so the zero padding after the last
+        # end-of-text can never influence them: cut it off (77 positions -> often fewer than 10).
+        text = text[:, : int(text.argmax(dim=-1).max()) + 1]
+        return self.pool_text(self.transformer(self.embed_text(text), causal=True), text)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """logits_per_image (B, N): exp(logit_scale) times the cosine similarity."""
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        return self.logit_scale.exp() * image_features @ text_features.t()
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (logits_per_image (B, N), logits_per_text (N, B)), as OpenAI's CLIP."""
+        logits_per_image = self.logits(self.encode_image(image), self.encode_text(text))
+        return logits_per_image, logits_per_image.t()
+
+    def recording(self, image: bool = True, text: bool = True) -> contextlib.AbstractContextManager:
+        """Context in which the chosen towers' blocks keep their attention probabilities (`block.attn_probs`)."""
+        blocks = [*(self.visual.transformer.resblocks if image else []), *(self.transformer.resblocks if text else [])]
+        return recording(blocks)
+
+
+@contextlib.contextmanager
+def recording(blocks: Iterable[ResidualAttentionBlock]) -> Iterator[None]:
+    """Within the context, each block's forward keeps `attn_probs` in the autograd graph, so
+    `torch.autograd.grad(score, [b.attn_probs for b in blocks])` yields every gradient in one call.
+    On exit the probabilities are dropped, so no graph outlives the context."""
+    blocks = list(blocks)
+    for block in blocks:
+        block.record = True
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.record, block.attn_probs = False, None

@@ -1,0 +1,99 @@
+"""Read the tensors of a TorchScript archive (how OpenAI publishes CLIP) without running any of its code.
+
+`torch.jit.load` compiles and runs the Python-like code stored in the archive, and `torch.load` refuses
+TorchScript archives when `weights_only=True`. But the weights themselves are ordinary: the zip holds
+`<name>/data.pkl`, a pickle of the module tree whose tensors point at raw storages `<name>/data/<key>`.
+This module unpickles `data.pkl` with an allow-list of three harmless callables (rebuild a tensor,
+rebuild a parameter, make an OrderedDict); every scripted module class becomes an inert record, and
+any other global in the pickle is refused. Nothing in the archive is executed.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import zipfile
+from typing import Any
+
+import torch
+
+# The legacy storage class names pickles use to say a storage's element type.
+STORAGE_DTYPES = {
+    "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class UnsafeArchiveError(ValueError):
+    """The archive's pickle asks for something other than tensors and plain containers."""
+
+
+class _ScriptedModule:
+    """Inert stand-in for a scripted module class (`__torch__.*`): it only keeps the attribute dict."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.attributes = state if isinstance(state, dict) else {}
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_ignored) -> torch.Tensor:
+    """torch._utils._rebuild_tensor_v2 for a flat tensor standing in for the storage."""
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+def _rebuild_parameter(data: torch.Tensor, *_ignored) -> torch.Tensor:
+    return data
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        if module == "__torch__" or module.startswith("__torch__."):
+            return type(name, (_ScriptedModule,), {})
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        raise UnsafeArchiveError(f"its pickle asks for {module}.{name}, which a weights file never needs")
+
+    def persistent_load(self, pid):
+        # ('storage', dtype, key, location, numel): a flat tensor over the bytes of data/<key>
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise UnsafeArchiveError(f"unexpected persistent id {pid!r:.80}")
+        dtype, key = pid[1], pid[2]
+        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+        return torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+
+
+def is_torchscript(archive: zipfile.ZipFile) -> bool:
+    """TorchScript archives carry their code (`<name>/code/...`) and `constants.pkl`; torch.save zips do not."""
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _flatten(node: Any, prefix: str, out: dict) -> None:
+    attributes = node.attributes if isinstance(node, _ScriptedModule) else node
+    for name, value in attributes.items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value
+        elif isinstance(value, (_ScriptedModule, dict)):
+            _flatten(value, f"{prefix}{name}.", out)
+
+
+def read_torchscript(archive: zipfile.ZipFile) -> dict[str, torch.Tensor]:
+    """All tensors (parameters and buffers) of a TorchScript archive, keyed by their dotted module path."""
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise ValueError("a TorchScript archive has exactly one <name>/data.pkl; this one has "
+                         f"{len(pickles)}")
+    prefix = pickles[0][: -len("data.pkl")]
+    root = _RestrictedUnpickler(archive.read(pickles[0]), archive, prefix).load()
+    state: dict[str, torch.Tensor] = {}
+    _flatten(root, "", state)
+    return state

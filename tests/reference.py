@@ -1,0 +1,52 @@
+"""Test-side helpers: random OpenAI-architecture models built with OpenAI's own code, and inputs for them."""
+from __future__ import annotations
+
+import torch
+
+# (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab, text_width, text_heads,
+#  text_layers): unusual shapes on purpose (patch 14/16/32, resolutions that are not 224, 1-4 layers).
+SHAPES = [
+    (64, 56, 2, 128, 14, 77, 49408, 64, 1, 3),
+    (96, 96, 1, 64, 32, 77, 49408, 128, 2, 1),
+    (128, 80, 4, 256, 16, 77, 49408, 192, 3, 2),
+    (32, 64, 3, 192, 16, 40, 49408, 256, 4, 4),
+]
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make a freshly initialised model less trivial: LayerNorm weights away from 1 and biases away from 0,
+    in-projections scaled up so attention is far from uniform, and a learned-looking temperature."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+            if name.endswith("in_proj_weight"):
+                p.mul_(3.0)
+        model.logit_scale.fill_(4.0)
+    return model
+
+
+def openai_clip(openai_model, shape, seed: int = 0):
+    """A random fp32 model from OpenAI's `CLIP` class, perturbed, in eval mode."""
+    torch.manual_seed(seed)
+    return perturb_(openai_model.CLIP(*shape), seed).eval()
+
+
+def random_tokens(n: int, context: int = 77, seed: int = 0, max_len: int | None = None) -> torch.Tensor:
+    """Rows like clip.tokenize's: start, random BPE ids, end-of-text (the largest id), zero padding."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.zeros(n, context, dtype=torch.long)
+    for i in range(n):
+        length = int(torch.randint(1, (max_len or context - 2) + 1, (1,), generator=g))
+        rows[i, 0] = 49406
+        rows[i, 1: length + 1] = torch.randint(1, 49406, (length,), generator=g)
+        rows[i, length + 1] = 49407
+    return rows
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: a relative error that does not blow up where b crosses zero."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
