@@ -113,21 +113,25 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, keep_probs: bool = False):
-        """Returns (output (B, T, C), attention probabilities (B, nh, T, T) or None)."""
+    def forward(self, x: torch.Tensor, causal: bool = False, keep_probs: bool = False,
+                queries: int | None = None):
+        """Returns (output (B, Q, C), attention probabilities (B, nh, Q, T) or None), where only the first
+        `queries` tokens ask (Q = T by default); every token is still attended to."""
         B, T, C = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q = q[:, :, :queries]  # (B, nh, Q, hs)
         if keep_probs:
-            scores = (q * (C // self.heads) ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
+            scores = (q * (C // self.heads) ** -0.5) @ k.transpose(-2, -1)  # (B, nh, Q, T)
             if causal:  # a text token sees itself and the tokens before it
-                scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), -math.inf)
+                future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)[: q.shape[2]]
+                scores = scores.masked_fill(future, -math.inf)
             probs = scores.float().softmax(dim=-1).to(q.dtype)  # softmax in fp32, as torch's MHA
-            y = probs @ v  # (B, nh, T, hs)
+            y = probs @ v  # (B, nh, Q, hs)
         else:
             probs = None
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, nh, Q, hs)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], C)
         return self.out_proj(y), probs
 
 
@@ -147,9 +151,10 @@ class ResidualAttentionBlock(nn.Module):
         self.record = False
         self.attn_probs: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        y, self.attn_probs = self.attn(self.ln_1(x), causal=causal, keep_probs=self.record)
-        x = x + y
+    def forward(self, x: torch.Tensor, causal: bool = False, queries: int | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, Q, C): the first `queries` tokens updated (all T by default)."""
+        y, self.attn_probs = self.attn(self.ln_1(x), causal=causal, keep_probs=self.record, queries=queries)
+        x = x[:, :queries] + y
         return x + self.mlp(self.ln_2(x))
 
 
@@ -191,7 +196,13 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x[:, 0, :]) @ self.proj
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.transformer(self.embed(image)))
+        x = self.embed(image)
+        *body, last = self.transformer.resblocks
+        for block in body:
+            x = block(x)
+        # Only the class token leaves the last block (pool reads nothing else), so only its row is computed;
+        # a recording block computes every row, to keep the full (T, T) probabilities it promises.
+        return self.pool(last(x, queries=None if last.record else 1))
 
 
 class CLIP(nn.Module):

@@ -1,0 +1,223 @@
+"""What CLIP looked at: Chefer et al.'s relevance for every (image, text) pair, and three baselines.
+
+Chefer, Gur, Wolf, "Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
+Transformers", ICCV 2021. For the score s = logits_per_image[i, j] and each explained block b of a tower:
+
+    cam_b = mean over heads of clamp(ds/dA_b * A_b, min=0)         (A_b: attention probabilities)
+    R = I;  for b = start .. last:  R = R + cam_b @ R
+
+The image map is the class token's row of R over the patches; the text map is the end-of-text row over
+the prompt's tokens. Numbers match the authors' CLIP notebook (fp32), but the work does not: the original
+repeats the whole image per text and calls autograd once per block. Here the blocks before `start` run
+once, without a graph, for all images and texts; from `start` on, one copy per (image, text) pair, so
+each pair's score sends gradient only into its own copy; then ONE `torch.autograd.grad` call serves
+every block of both towers. The last image block is run for the class token alone: nothing else of it
+is read, so the gradient reaching the other rows of its attention is exactly zero anyway.
+
+Baselines (same API, `method=`):
+- "attention": the last block's attention, mean over heads, class (or end-of-text) row;
+- "rollout": Abnar & Zuidema 2020, R = prod over blocks of (0.5 I + 0.5 mean_h A_b), rows renormalised;
+- "gradcam": Selvaraju et al. 2017 on the tokens entering the last block: relu(sum_c w_c x_tc), with w_c
+  the mean gradient over the tokens (patches; for text, the prompt's tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .model import CLIP, recording
+from .tokenizer import token_labels, tokenize
+
+METHODS = ("chefer", "attention", "rollout", "gradcam")
+# start layer when the caller gives none: the original's default for Chefer's method (last block only);
+# all blocks for rollout, whose point is to multiply through them; the last block for the others.
+DEFAULT_START = {"chefer": -1, "attention": -1, "rollout": 0, "gradcam": -1}
+
+
+@dataclass
+class Relevance:
+    """Explanations of every (image i, text j) pair; tensors are detached, on the CPU, in fp32.
+
+    Attributes:
+        logits: logits_per_image (B, N).
+        probs: softmax of the logits over the texts (B, N).
+        image: image relevance over the patch grid (B, N, grid, grid).
+        text: per text j, its relevance over the prompt's tokens (start and end excluded), (B, n_j).
+        labels: per text j, the n_j token strings the scores belong to.
+        tokens: the token ids explained (N, context).
+        image_matrix: the image relevance matrix (B, N, T, T): R for chefer, the product for rollout, the
+            mean attention for attention; None for gradcam.
+        text_matrix: chefer's text relevance matrix R (B, N, context, context); None for the baselines.
+    """
+    logits: torch.Tensor
+    probs: torch.Tensor
+    image: torch.Tensor
+    text: list[torch.Tensor]
+    labels: list[list[str]]
+    tokens: torch.Tensor
+    image_matrix: Optional[torch.Tensor]
+    text_matrix: Optional[torch.Tensor]
+    method: str = "chefer"
+    start_layer: int = -1
+    start_layer_text: int = -1
+    signed: bool = False
+
+
+def _start(start: Optional[int], blocks: int, method: str, name: str) -> int:
+    """Normalise a start layer to an index in [0, blocks); -1 is the last block, as in the original."""
+    start = DEFAULT_START[method] if start is None else start
+    if not -blocks <= start < blocks:
+        raise ValueError(f"{name} {start} is out of range for a tower of {blocks} blocks: use -1 (last block "
+                         f"only) or 0 .. {blocks - 1} (0 = all blocks), or -{blocks} .. -1 counting from the end")
+    return start % blocks
+
+
+def _cams_chefer(probs: torch.Tensor, grads: torch.Tensor, signed: bool) -> torch.Tensor:
+    """(P, nh, Q, T) probabilities and their gradients -> (P, Q, T) cam. Unsigned (the original):
+    clamp(G * A, min=0) per head, then the mean over heads. Signed: the mean over heads of G * A with
+    no clamp, so evidence against the text (negative) survives and heads can cancel each other."""
+    cam = grads.float() * probs.float()
+    return (cam if signed else cam.clamp(min=0)).mean(dim=1)
+
+
+def _accumulate(cams: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """R = I; R = R + cam_b @ R for each block in order. A cam with Q < T rows (the class-token-only
+    last block) updates only R's first Q rows: its other rows are zero."""
+    R = torch.eye(size, device=cams[0].device).expand(cams[0].shape[0], size, size).clone()
+    for cam in cams:
+        q = cam.shape[1]
+        R[:, :q] = R[:, :q] + cam @ R
+    return R
+
+
+def _rollout(probs: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """Abnar & Zuidema: R = A'_last ... A'_start with A' = 0.5 I + 0.5 mean_h A, rows renormalised."""
+    R = torch.eye(size, device=probs[0].device).expand(probs[0].shape[0], size, size).clone()
+    for A in probs:
+        A = 0.5 * torch.eye(size, device=A.device)[: A.shape[2]] + 0.5 * A.float().mean(dim=1)  # (P, Q, T)
+        A = A / A.sum(dim=-1, keepdim=True)
+        R = A @ R
+    return R
+
+
+def _gradcam(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM over tokens: x, grad (P, T, C); mask (P, T) marks the tokens that form the map."""
+    mask = mask.to(x.dtype).unsqueeze(-1)  # (P, T, 1)
+    weights = (grad * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True)  # (P, 1, C)
+    return ((weights * x).sum(dim=-1) * mask.squeeze(-1)).clamp(min=0)  # (P, T)
+
+
+def _as_tokens(model: CLIP, texts: Union[Sequence[str], str, torch.Tensor], truncate: bool) -> torch.Tensor:
+    if isinstance(texts, torch.Tensor):
+        tokens = texts.long()
+    else:
+        tokens = tokenize([texts] if isinstance(texts, str) else list(texts), model.context_length, truncate)
+    if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] > model.context_length:
+        raise ValueError(f"expected token ids of shape (texts, <= {model.context_length}), got {tuple(tokens.shape)}")
+    return tokens
+
+
+def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str, torch.Tensor],
+              start_layer: Optional[int] = None, start_layer_text: Optional[int] = None,
+              method: str = "chefer", signed: bool = False, truncate: bool = False) -> Relevance:
+    """Explain every (image, text) pair.
+
+    Args:
+        model: a CLIP (its train/eval mode, requires_grad flags and .grad are left untouched).
+        image: preprocessed images (B, 3, R, R), or one image (3, R, R).
+        texts: strings (tokenized with the model's context), or token ids (N, <= context).
+        start_layer, start_layer_text: first block explained in each tower: -1 the last block only
+            (the original's default), k blocks k..last, 0 all blocks; None the method's default.
+        method: "chefer", "attention", "rollout" or "gradcam".
+        signed: Chefer only: keep negative evidence (see `_cams_chefer`); off gives the original's numbers.
+        truncate: cut texts longer than the context instead of raising.
+    Returns:
+        A Relevance with logits, probabilities, maps and matrices for every pair.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if signed and method != "chefer":
+        raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
+    device = model.positional_embedding.device
+    tokens = _as_tokens(model, texts, truncate).to(device)
+    image = (image[None] if image.dim() == 3 else image).to(device)
+    visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
+    s_img = _start(start_layer, len(vblocks), method, "start_layer")
+    s_txt = _start(start_layer_text, len(tblocks), method, "start_layer_text")
+    B, N = image.shape[0], tokens.shape[0]
+    eot = tokens.argmax(dim=-1)  # (N,) end-of-text positions: 49407 is the largest id
+    # Causal attention: padding after the last end-of-text changes nothing that is read, and its relevance
+    # rows and columns are those of the identity; cut it here, put it back at the end.
+    cut = tokens[:, : int(eot.max()) + 1]
+    L, T = cut.shape[1], visual.positional_embedding.shape[0]
+
+    with torch.no_grad():  # blocks before the start layers: once, for all pairs, no graph
+        x = visual.embed(image)
+        for block in vblocks[:s_img]:
+            x = block(x)
+        t = model.embed_text(cut)
+        for block in tblocks[:s_txt]:
+            t = block(t, causal=True)
+    # One copy per pair p = i * N + j from the start layers on.
+    x = x.repeat_interleave(N, dim=0).requires_grad_()  # (P, T, C)
+    t = t.repeat(B, 1, 1).requires_grad_()  # (P, L, C)
+    pair_tokens = cut.repeat(B, 1)  # (P, L)
+    explained = [*vblocks[s_img:], *tblocks[s_txt:]]
+    with torch.enable_grad(), recording(explained):
+        x_in, t_in = x, t
+        for block in vblocks[s_img:-1]:
+            x = block(x)
+        x = vblocks[-1](x, queries=None if method in ("rollout", "attention") else 1)
+        for block in tblocks[s_txt:]:
+            t = block(t, causal=True)
+        image_features, text_features = visual.pool(x), model.pool_text(t, pair_tokens)  # (P, E) each
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        pair_logits = model.logit_scale.exp() * (image_features * text_features).sum(dim=-1)  # (P,)
+        if not torch.isfinite(pair_logits).all():
+            raise ValueError("the model's logits are not finite (NaN or inf): its weights are damaged; "
+                             "reload or re-convert the checkpoint")
+        vprobs = [b.attn_probs for b in vblocks[s_img:]]
+        tprobs = [b.attn_probs for b in tblocks[s_txt:]]
+        if method == "chefer":
+            grads = torch.autograd.grad(pair_logits.sum(), vprobs + tprobs)  # one call, every block
+            R_img = _accumulate([_cams_chefer(A, G, signed) for A, G in zip(vprobs, grads)], T)
+            R_txt = _accumulate([_cams_chefer(A, G, signed) for A, G in zip(tprobs, grads[len(vprobs):])], L)
+        elif method == "gradcam":
+            gx, gt = torch.autograd.grad(pair_logits.sum(), [x_in, t_in])
+            patches = torch.arange(T, device=device).expand(x_in.shape[0], T) > 0
+            pos = torch.arange(L, device=device)
+            prompt = (pos > 0) & (pos < eot.repeat(B)[:, None])  # (P, L) tokens strictly inside start..end
+            img_map, txt_map = _gradcam(x_in.detach(), gx, patches)[:, 1:], _gradcam(t_in.detach(), gt, prompt)
+            R_img = R_txt = None
+        elif method == "rollout":
+            R_img, R_txt = _rollout([A.detach() for A in vprobs], T), _rollout([A.detach() for A in tprobs], L)
+        else:  # attention: the last block's probabilities, mean over heads
+            R_img, R_txt = vprobs[-1].detach().float().mean(dim=1), tprobs[-1].detach().float().mean(dim=1)
+
+    logits = pair_logits.detach().float().view(B, N).cpu()
+    pair_eot = eot.repeat(B)  # (P,)
+    if R_img is not None:
+        img_map = R_img[:, 0, 1:]
+        txt_map = R_txt[torch.arange(B * N, device=device), pair_eot]  # (P, L): end-of-text rows
+    grid = int(round((T - 1) ** 0.5))
+    ctx = tokens.shape[1]
+    text_matrix = None
+    if method == "chefer":  # back to the full context: the cut positions relate only to themselves
+        text_matrix = torch.eye(ctx).expand(B * N, ctx, ctx).clone()
+        text_matrix[:, :L, :L] = R_txt.detach().float().cpu()
+        text_matrix = text_matrix.view(B, N, ctx, ctx)
+    txt_map = txt_map.detach().float().cpu().view(B, N, L)
+    return Relevance(
+        logits=logits,
+        probs=logits.softmax(dim=-1),
+        image=img_map.detach().float().cpu().reshape(B, N, grid, grid),
+        text=[txt_map[:, j, 1: int(eot[j])] for j in range(N)],
+        labels=[token_labels(row) for row in tokens.cpu()],
+        tokens=tokens.cpu(),
+        image_matrix=None if R_img is None else R_img.detach().float().cpu().view(B, N, T, T),
+        text_matrix=text_matrix,
+        method=method, start_layer=s_img, start_layer_text=s_txt, signed=signed,
+    )

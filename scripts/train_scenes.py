@@ -1,0 +1,130 @@
+"""Train the tiny CLIP that ships as mini_clip's default model, on the synthetic world of mini_clip.scenes.
+
+    python scripts/train_scenes.py --out weights/scenes-vit-t8.safetensors            # the shipped recipe
+    python scripts/train_scenes.py --steps 20 --micro --out /tmp/micro.safetensors     # a smoke run
+
+Recipe: OpenAI's architecture at 64 px with 8 px patches, OpenAI's tokenizer and normalisation; the
+symmetric contrastive loss with a learnable temperature; batches whose captions come in groups sharing a
+colour or a shape (hard negatives), plus, per image, two captions that name an absent object of the same
+colour or the same shape (text-only hard negatives); a curriculum from 1 object to 4; AdamW with warm-up
+and a cosine schedule. A caption true of several images is a positive for all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mini_clip import CLIP, CLIPConfig, save
+from mini_clip.image import MEAN, STD
+from mini_clip.scenes import caption_matches, hard_negatives, sample_scenes
+from mini_clip.tokenizer import tokenize
+
+SHIPPED = CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=5, vision_width=128, vision_patch_size=8,
+                     context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=4,
+                     transformer_layers=2, vision_heads=4)
+MICRO = CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
+                   context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2,
+                   transformer_layers=1, vision_heads=2)
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W): mini_clip.preprocess for images already square
+    and at the model's resolution, where resize and crop are the identity."""
+    x = torch.from_numpy(images).float().div_(255).permute(0, 3, 1, 2)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def make_batch(rng: np.random.Generator, batch_size: int, size: int, max_objects: int, one_colour: float):
+    """Images, texts (the B paired captions, then 2 text-only hard negatives per image) and the (B, texts)
+    matrix of which texts are true of which image."""
+    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction=one_colour)
+    negatives = []
+    for scene in scenes:
+        for swap in ("shape", "colour"):
+            options = hard_negatives(scene, scene.objects[0], swap=swap)
+            negatives.append(options[rng.integers(len(options))])
+    texts = captions + negatives
+    images = np.stack([np.asarray(s.image) for s in scenes])
+    return to_input(images), tokenize(texts), torch.from_numpy(caption_matches(scenes, texts)).float()
+
+
+def contrastive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with several positives: each image's target spreads over its true texts; each
+    paired text's target over its true images (text-only negatives have no image to find)."""
+    B = logits.shape[0]
+    image_loss = -(matches / matches.sum(1, keepdim=True) * logits.log_softmax(dim=1)).sum(1).mean()
+    paired = logits[:, :B].t()  # (B texts, B images)
+    text_loss = -(matches[:, :B].t() / matches[:, :B].t().sum(1, keepdim=True) * paired.log_softmax(dim=1)).sum(1).mean()
+    return (image_loss + text_loss) / 2
+
+
+def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3, warmup: int = 500,
+          seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None) -> list[float]:
+    """Train from OpenAI's initialisation; returns the loss of every step."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = CLIP(config).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / steps))))
+    losses, start = [], time.time()
+    for step in range(steps):
+        max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps)))  # curriculum: 1 -> 4 objects
+        images, tokens, matches = make_batch(rng, batch_size, config.image_resolution, max_objects, one_colour)
+        logits_per_image, _ = model(images, tokens)
+        loss = contrastive_loss(logits_per_image, matches)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:6d}  loss {np.mean(losses[-log_every:]):.4f}  objects<={max_objects}  "
+                  f"scale {model.logit_scale.exp().item():.1f}  lr {schedule.get_last_lr()[0]:.2e}  "
+                  f"{time.time() - start:.0f}s", flush=True)
+        if out and checkpoint and (step + 1) % checkpoint == 0:
+            _save(model, out, config, step + 1, steps, batch_size, lr, seed)
+    if out:
+        _save(model, out, config, steps, steps, batch_size, lr, seed)
+    return losses
+
+
+def _save(model, out, config, step, steps, batch_size, lr, seed):
+    settings = dict(steps=step, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                    data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
+                    loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
+    save(copy.deepcopy(model).eval().half(), out, {"training": json.dumps(settings)})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="where to write the .safetensors (fp16)")
+    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--checkpoint", type=int, default=1000, help="save every N steps")
+    p.add_argument("--micro", action="store_true", help="a micro model for smoke runs")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train(MICRO if args.micro else SHIPPED, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
+          seed=args.seed, checkpoint=args.checkpoint, out=args.out)
+
+
+if __name__ == "__main__":
+    main()
