@@ -71,7 +71,7 @@ def _read_torch_file(path: Path) -> dict:
             raise WeightsError(f"{path}: refused: its pickle asks for more than tensors and plain containers, "
                                "so it may be crafted to run code; it was not loaded") from None
         raise WeightsError(f"{path}: not a checkpoint ({EXPECTED})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError) as e:
+    except Exception as e:  # garbage bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
         raise WeightsError(f"{path}: not a checkpoint or damaged ({EXPECTED}; torch said: {str(e)[:200]})") from None
 
 
@@ -175,7 +175,8 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
     """Load a CLIP checkpoint of any supported format, like `clip.load`.
 
     Args:
-        path: a file or Hugging Face directory; None loads the embedded default model.
+        path: a file or Hugging Face directory; a model name ("ViT-B/32", ...: see mini_clip.download) is
+            downloaded once into the cache; None loads the embedded default model.
         device: where the model lives.
         dtype: parameter dtype; fp32 by default (exact), torch.float16/bfloat16 for speed on a GPU.
     Returns:
@@ -186,6 +187,12 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
         if not path.exists():
             raise WeightsError(f"{path}: the embedded default model is missing; reinstall mini_clip from its "
                                "repository (pip install -e .) or pass a weights file")
+    elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
+        from .download import fetch  # imported here: download imports this module
+        from .model import PRESETS
+        if path not in PRESETS:
+            raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
+        path = fetch(path)  # downloaded, verified and converted once, then read from the cache
     sd, config, _ = read_checkpoint(path)
     model = build(sd, config, str(path), device, dtype)
     return model, functools.partial(preprocess, size=model.config.image_resolution)
