@@ -1,0 +1,32 @@
+"""Convert any checkpoint mini_clip reads (OpenAI TorchScript or state dict, OpenCLIP, Hugging Face
+directory, a model name) to mini_clip's .safetensors.
+
+    python scripts/convert.py ViT-B-32.pt ViT-B-32.safetensors
+    python scripts/convert.py ./clip-vit-base-patch32 b32.safetensors --half
+"""
+import argparse
+import sys
+
+import torch
+
+import mini_clip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="checkpoint file, Hugging Face directory or model name")
+    p.add_argument("dst", help="the .safetensors file to write")
+    p.add_argument("--half", action="store_true", help="store fp16 (half the size; OpenAI's own precision)")
+    args = p.parse_args()
+    try:
+        model, _ = mini_clip.load(args.src)
+        mini_clip.save(model.to(torch.float16) if args.half else model, args.dst)
+    except (mini_clip.WeightsError, OSError) as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    print(args.dst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
