@@ -94,6 +94,8 @@ def read_torchscript(archive: zipfile.ZipFile) -> dict[str, torch.Tensor]:
                          f"{len(pickles)}")
     prefix = pickles[0][: -len("data.pkl")]
     root = _RestrictedUnpickler(archive.read(pickles[0]), archive, prefix).load()
+    if not isinstance(root, (_ScriptedModule, dict)):
+        raise ValueError(f"its data.pkl holds a {type(root).__name__}, not a module")
     state: dict[str, torch.Tensor] = {}
     _flatten(root, "", state)
     return state

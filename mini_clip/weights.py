@@ -62,12 +62,13 @@ def _read_torch_file(path: Path) -> dict:
                     return read_torchscript(archive)
         except UnsafeArchiveError as e:
             raise WeightsError(f"{path}: refused: {e}; it may be crafted to run code, so it was not loaded") from None
-        except (zipfile.BadZipFile, KeyError, EOFError, RuntimeError, ValueError) as e:
-            raise WeightsError(f"{path}: damaged TorchScript archive ({e})") from None
+        except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
+                TypeError, AttributeError) as e:  # what a damaged archive or pickle makes the reader raise
+            raise WeightsError(f"{path}: damaged TorchScript archive ({e.__class__.__name__}: {e})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "weights_only" in str(e):  # the allow-list refused a callable
+        if "Unsupported global" in str(e):  # the allow-list refused a callable
             raise WeightsError(f"{path}: refused: its pickle asks for more than tensors and plain containers, "
                                "so it may be crafted to run code; it was not loaded") from None
         raise WeightsError(f"{path}: not a checkpoint ({EXPECTED})") from None
