@@ -15,10 +15,13 @@ every block of both towers. The last image block is run for the class token alon
 is read, so the gradient reaching the other rows of its attention is exactly zero anyway.
 
 Baselines (same API, `method=`):
-- "attention": the last block's attention, mean over heads, class (or end-of-text) row;
+- "attention": one block's attention (the start layer's: the last block by default), mean over heads,
+  class (or end-of-text) row;
 - "rollout": Abnar & Zuidema 2020, R = prod over blocks of (0.5 I + 0.5 mean_h A_b), rows renormalised;
-- "gradcam": Selvaraju et al. 2017 on the tokens entering the last block: relu(sum_c w_c x_tc), with w_c
-  the mean gradient over the tokens (patches; for text, the prompt's tokens).
+- "gradcam": Selvaraju et al. 2017 on the tokens entering the start layer's block (the last by default):
+  relu(sum_c w_c x_tc), with w_c the mean gradient over the tokens (patches; for text, the prompt's
+  tokens). This is Grad-CAM on token features, as pytorch-grad-cam applies it to ViTs; the "GradCAM" of
+  Chefer et al.'s own code weights the last block's attention map instead.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .model import CLIP, recording
-from .tokenizer import token_labels, tokenize
+from .tokenizer import EOT, token_labels, tokenize
 
 METHODS = ("chefer", "attention", "rollout", "gradcam")
 # start layer when the caller gives none: the original's default for Chefer's method (last block only);
@@ -49,7 +52,8 @@ class Relevance:
         tokens: the token ids explained (N, context).
         image_matrix: the image relevance matrix (B, N, T, T): R for chefer, the product for rollout, the
             mean attention for attention; None for gradcam.
-        text_matrix: chefer's text relevance matrix R (B, N, context, context); None for the baselines.
+        text_matrix: chefer's text relevance matrix R (B, N, L, L), L the token columns given (the context
+            for strings); None for the baselines.
     """
     logits: torch.Tensor
     probs: torch.Tensor
@@ -116,6 +120,8 @@ def _as_tokens(model: CLIP, texts: Union[Sequence[str], str, torch.Tensor], trun
         tokens = tokenize([texts] if isinstance(texts, str) else list(texts), model.context_length, truncate)
     if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] > model.context_length:
         raise ValueError(f"expected token ids of shape (texts, <= {model.context_length}), got {tuple(tokens.shape)}")
+    if not (tokens == EOT).any(dim=-1).all():
+        raise ValueError(f"every row of token ids needs an end-of-text token ({EOT}), as mini_clip.tokenize makes")
     return tokens
 
 
@@ -140,9 +146,15 @@ def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str,
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if signed and method != "chefer":
         raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("relevance needs gradients: call it outside torch.inference_mode() (no_grad is fine)")
     device = model.positional_embedding.device
     tokens = _as_tokens(model, texts, truncate).to(device)
     image = (image[None] if image.dim() == 3 else image).to(device)
+    size = model.visual.input_resolution
+    if image.dim() != 4 or tuple(image.shape[1:]) != (3, size, size):
+        raise ValueError(f"expected preprocessed images of shape (B, 3, {size}, {size}), got {tuple(image.shape)}: "
+                         f"use the preprocess that mini_clip.load returns (size {size})")
     visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
     s_img = _start(start_layer, len(vblocks), method, "start_layer")
     s_txt = _start(start_layer_text, len(tblocks), method, "start_layer_text")
@@ -194,8 +206,8 @@ def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str,
             R_img = R_txt = None
         elif method == "rollout":
             R_img, R_txt = _rollout([A.detach() for A in vprobs], T), _rollout([A.detach() for A in tprobs], L)
-        else:  # attention: the last block's probabilities, mean over heads
-            R_img, R_txt = vprobs[-1].detach().float().mean(dim=1), tprobs[-1].detach().float().mean(dim=1)
+        else:  # attention: the start layer's block, mean over heads
+            R_img, R_txt = vprobs[0].detach().float().mean(dim=1), tprobs[0].detach().float().mean(dim=1)
 
     logits = pair_logits.detach().float().view(B, N).cpu()
     pair_eot = eot.repeat(B)  # (P,)
