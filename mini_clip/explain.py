@@ -24,8 +24,6 @@ from .relevance import METHODS, Relevance, relevance
 from .tokenizer import default_tokenizer, tokenize
 from .weights import WeightsError, load
 
-UMASK = os.umask(0o022)
-os.umask(UMASK)  # reading the umask means setting it; put it back at once
 DONE = "result.json"  # per-image record, written after its pictures
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 EXAMPLE = """example:
@@ -98,14 +96,15 @@ def slug(text: str, limit: int = 40) -> str:
 def atomic_write(path: Path, write) -> None:
     """Write through `write(binary file)` to a temporary file in the same directory, then rename it into
     place: a reader (or a run killed half-way) sees the file whole or not at all."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A name known before the file exists (one writer per process at a time), so the clean-up below can
+    # remove it even when SIGTERM lands between its creation and the first line of the `try`.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             write(f)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private; give it the permissions open() would
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -138,8 +137,8 @@ def report(name: str, rel: Relevance, texts: list[str]) -> str:
     return "\n".join(lines)
 
 
-def explain_one(path: Path, folder: Path, model, texts, tokens, args) -> dict:
-    """Explain one image; write its overlays and sheet; return its JSON record."""
+def explain_one(path: Path, folder: Path, model, texts, tokens, args) -> tuple[dict, Relevance]:
+    """Explain one image; write its overlays and sheet; return its JSON record and its Relevance."""
     original = load_image(path)
     x, geometry = preprocess(original, model.config.image_resolution, return_geometry=True)
     rel = relevance(model, x[None], tokens, args.start_layer, args.start_layer_text, args.method, args.signed)
@@ -180,11 +179,12 @@ def run(args: argparse.Namespace) -> int:
     for flag, value, blocks in (("--start-layer", args.start_layer, len(model.visual.transformer.resblocks)),
                                 ("--start-layer-text", args.start_layer_text, len(model.transformer.resblocks))):
         if value is not None and not -blocks <= value < blocks:
-            raise UsageError(f"{flag} {value} is out of range: this model has {blocks} blocks, so use -1 "
-                             f"(last block only) .. {blocks - 1}, or 0 for all blocks")
+            raise UsageError(f"{flag} {value} is out of range: this model has {blocks} blocks, so use 0 .. "
+                             f"{blocks - 1} (0: all blocks) or -{blocks} .. -1 from the end (-1: the last block only)")
     images = find_images(args.images)
     if not images:
         raise UsageError(f"no images found in {' '.join(args.images)}")
+    created = not args.out.exists()
     check_writable(args.out)
     results, failures, used = [], 0, set()
     progress = len(images) > 1 and sys.stderr.isatty() and not args.quiet
@@ -195,13 +195,15 @@ def run(args: argparse.Namespace) -> int:
         if progress:
             print(f"\r[{n}/{len(images)}] {path}", end="", file=sys.stderr, flush=True)
         if args.resume and (folder / DONE).exists():
-            results.append(json.loads((folder / DONE).read_text(encoding="utf-8")))
-            continue
+            record = json.loads((folder / DONE).read_text(encoding="utf-8"))
+            if [t["text"] for t in record["texts"]] == texts:  # finished with other texts: do it again
+                results.append(record)
+                continue
         try:
             record, rel = explain_one(path, folder, model, texts, tokens, args)
         except ImageError as e:
             failures += 1
-            print(f"{chr(10) if progress else ''}error: {e}", file=sys.stderr)
+            print(f"{chr(10) if progress else ''}mini_clip.explain: error: {e}", file=sys.stderr)
             continue
         results.append(record)
         if not args.json and not args.quiet:
@@ -212,11 +214,15 @@ def run(args: argparse.Namespace) -> int:
                 "start_layer": rel_setting(args.start_layer), "start_layer_text": rel_setting(args.start_layer_text),
                 "signed": args.signed, "truncate": args.truncate}
     document = json.dumps({"settings": settings, "results": results}, indent=1)
-    atomic_write(args.out / "results.json", lambda f: f.write(document.encode()))
+    if results:  # nothing explained: leave --out as it was
+        atomic_write(args.out / "results.json", lambda f: f.write(document.encode()))
+    elif created:
+        args.out.rmdir()
     if args.json:
         print(document)
-    if failures:
-        print(f"error: {failures} of {len(images)} images could not be explained (see above)", file=sys.stderr)
+    if failures and len(images) > 1:  # for one image, its own error line says it all
+        print(f"mini_clip.explain: error: {failures} of {len(images)} images could not be explained (see above)",
+              file=sys.stderr)
     return 1 if failures else 0
 
 

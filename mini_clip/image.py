@@ -6,6 +6,7 @@ geometry of the resize and crop is kept so a relevance grid can be mapped back o
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,9 +15,15 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from PIL import __version__ as PILLOW_VERSION
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's per-channel statistics of its training images
 STD = (0.26862954, 0.26130258, 0.27577711)
+# Above this many pixels the short-side resize is not made in full: a 1 x 10000 sliver at 224 would become
+# 224 x 2,240,000 pixels (1.5 GB) to keep 224 x 224 of them. Below it (every aspect ratio up to about 1:80
+# at 224) the resize is OpenAI's, bit for bit; above it see `_resize_window`.
+MAX_RESIZED_PIXELS = 1 << 22
+PILLOW_MAJOR = int(PILLOW_VERSION.split(".")[0])
 
 
 class ImageError(ValueError):
@@ -80,7 +87,10 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL's decoders warn about what they skip ("Corrupt EXIF data", "Truncated File Read"); the
+            # image loads or ImageError says why not, so the warnings would only add lines to a CLI's output.
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # too many pixels: refuse
             with Image.open(path) as image:
                 image.load()  # decode now, so a truncated file fails here and not halfway through
                 image = ImageOps.exif_transpose(image)
@@ -98,8 +108,43 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
 def resize_and_crop(image: Image.Image, size: int) -> tuple[Image.Image, CropGeometry]:
     """Bicubic short-side resize and centre crop to size x size, with the geometry used."""
     g = crop_geometry(image.width, image.height, size)
+    if g.resized_width * g.resized_height > MAX_RESIZED_PIXELS:
+        return _resize_window(image, g), g
     resized = image.resize((g.resized_width, g.resized_height), Image.BICUBIC)
     return resized.crop((g.left, g.top, g.left + size, g.top + size)), g
+
+
+def _resize_window(image: Image.Image, g: CropGeometry) -> Image.Image:
+    """The crop of `resize_and_crop` without making the whole resized image, for extreme aspect ratios.
+
+    PIL resizes in two separable passes, each output pixel a bicubic sum over the source pixels within
+    2 * max(scale, 1) of its centre. So: keep only the source rows the crop's rows read, then run the two
+    passes one call each, in the order PIL would for the full resize, each onto the crop's columns or rows
+    only. The long axis needs a fractional `box`, which PIL takes as float32: a few pixels in a thousand
+    may differ by a level or two (of 255) from the full resize, which every image below
+    MAX_RESIZED_PIXELS still gets.
+    """
+    sx, sy = image.width / g.resized_width, image.height / g.resized_height
+    margin = 2 * max(sy, 1.0) + 1  # bicubic support in source rows, and one for PIL's rounding of bounds
+    y0 = max(0, int(g.top * sy - margin))
+    y1 = min(image.height, math.ceil((g.top + g.size) * sy + margin))
+    rows = image.crop((0, y0, image.width, y1))
+    x0, x1 = g.left * sx, min(image.width, (g.left + g.size) * sx)  # min(): rounding may pass the edge
+    ya, yb = g.top * sy - y0, min(y1 - y0, (g.top + g.size) * sy - y0)
+    if _vertical_first(image.width, image.height, g.resized_width, g.resized_height):
+        tall = rows.resize((rows.width, g.size), Image.BICUBIC, box=(0, ya, rows.width, yb))  # vertical only
+        return tall.resize((g.size, g.size), Image.BICUBIC, box=(x0, 0, x1, g.size))  # horizontal only
+    wide = rows.resize((g.size, rows.height), Image.BICUBIC, box=(x0, 0, x1, rows.height))  # horizontal only
+    return wide.resize((g.size, g.size), Image.BICUBIC, box=(0, ya, g.size, yb))  # vertical only
+
+
+def _vertical_first(width: int, height: int, new_width: int, new_height: int) -> bool:
+    """Which pass PIL runs first when both axes change. Pillow 13 runs the vertical one first when the height
+    loses more than twice as many pixels as the width (libImaging/Resample.c); earlier versions always
+    start with the horizontal one. The order changes the result: each pass rounds to 8 bits."""
+    if PILLOW_MAJOR < 13:
+        return False
+    return height - new_height > 0 and height - new_height > 2 * (width - new_width)
 
 
 def preprocess(image: Union[Image.Image, str, os.PathLike], size: int = 224,

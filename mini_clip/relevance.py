@@ -82,7 +82,7 @@ def _cams_chefer(probs: torch.Tensor, grads: torch.Tensor, signed: bool) -> torc
     """(P, nh, Q, T) probabilities and their gradients -> (P, Q, T) cam. Unsigned (the original):
     clamp(G * A, min=0) per head, then the mean over heads. Signed: the mean over heads of G * A with
     no clamp, so evidence against the text (negative) survives and heads can cancel each other."""
-    cam = grads.float() * probs.float()
+    cam = grads.float() * probs.detach().float()  # detached: R must not hold the forward's graph alive
     return (cam if signed else cam.clamp(min=0)).mean(dim=1)
 
 

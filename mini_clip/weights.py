@@ -21,7 +21,8 @@ from typing import Callable, Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from . import hf
 from .image import preprocess
@@ -120,7 +121,10 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[C
     if _is_safetensors(path):
         sd, metadata = _read_safetensors(path)
         if "config" in metadata:
-            config = CLIPConfig(**json.loads(metadata["config"]))
+            try:
+                config = CLIPConfig(**json.loads(metadata["config"]))
+            except (ValueError, TypeError) as e:
+                raise WeightsError(f"{path}: damaged config in the metadata ({e})") from None
     else:
         sd = _unwrap(_read_torch_file(path), path)
     sd = {k: v for k, v in sd.items() if k not in NOT_WEIGHTS}
@@ -208,7 +212,9 @@ def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = No
     meta = {"format": "mini_clip", "config": json.dumps(dataclasses.asdict(model.config)), **(metadata or {})}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), meta)
+        data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
+        with open(tmp, "wb") as f:  # open(), unlike safetensors' own writer, honours the umask
+            f.write(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import builtins
 import copy
 import dataclasses
 import json
+import io
 import os
 import pickle
 import shutil
@@ -318,12 +319,12 @@ def test_save_is_atomic(tmp_path, monkeypatch, ref, existing):
     if existing:
         path.write_bytes(b"the previous file")
 
-    def failing_save_file(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"\x00" * 1000)  # half written when the disk fills up
-        raise OSError("No space left on device")
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            super().write(data[:1000])  # half written when the disk fills up
+            raise OSError("No space left on device")
 
-    monkeypatch.setattr(weights, "save_file", failing_save_file)
+    monkeypatch.setattr(weights, "open", lambda name, mode: FullDisk(name, mode), raising=False)
     with pytest.raises(OSError, match="No space"):
         mini_clip.save(model, path)
     if existing:
@@ -332,6 +333,14 @@ def test_save_is_atomic(tmp_path, monkeypatch, ref, existing):
     else:
         assert not path.exists()
         assert os.listdir(tmp_path) == []
+
+
+def test_saved_file_has_the_permissions_of_open(tmp_path, ref):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = tmp_path / "model.safetensors"
+    mini_clip.save(build(ref.state_dict()), path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------------------------------------
