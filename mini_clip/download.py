@@ -161,7 +161,7 @@ def fetch(name: str, cache: Optional[PathLike] = None, base_url: str = BASE_URL,
 def _convert(pt: Path, converted: Path, name: str, url: str, sha: str) -> None:
     """OpenAI's TorchScript file -> mini_clip's safetensors, loaded strictly, in the file's own precision."""
     sd, config, _ = read_checkpoint(pt)
-    # the widest dtype among the tensors (fp16 for OpenAI's files): lossless, and half the size of fp32
+    # the widest dtype among the tensors: lossless (OpenAI's files keep norms and embeddings in fp32)
     dtype = functools.reduce(torch.promote_types, {v.dtype for v in sd.values()})
     model = build(sd, config, str(pt), dtype=dtype)
     if name in PRESETS and model.config != PRESETS[name]:

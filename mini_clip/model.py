@@ -208,7 +208,7 @@ class VisionTransformer(nn.Module):
 class CLIP(nn.Module):
     """Image and text towers and the learned temperature; `forward` returns OpenAI's two logit matrices."""
 
-    def __init__(self, config: CLIPConfig):
+    def __init__(self, config: CLIPConfig, initialize: bool = True):
         super().__init__()
         c = self.config = config
         self.context_length = c.context_length
@@ -220,7 +220,8 @@ class CLIP(nn.Module):
         self.ln_final = LayerNorm(c.transformer_width)
         self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
-        self.initialize_parameters()
+        if initialize:  # loading a checkpoint skips it: every value is about to be replaced
+            self.initialize_parameters()
 
     def initialize_parameters(self) -> None:
         """OpenAI's initialisation of the text blocks, applied to both towers (training from scratch starts here;

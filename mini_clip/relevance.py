@@ -9,10 +9,11 @@ Transformers", ICCV 2021. For the score s = logits_per_image[i, j] and each expl
 The image map is the class token's row of R over the patches; the text map is the end-of-text row over
 the prompt's tokens. Numbers match the authors' CLIP notebook (fp32), but the work does not: the original
 repeats the whole image per text and calls autograd once per block. Here the blocks before `start` run
-once, without a graph, for all images and texts; from `start` on, one copy per (image, text) pair, so
-each pair's score sends gradient only into its own copy; then ONE `torch.autograd.grad` call serves
-every block of both towers. The last image block is run for the class token alone: nothing else of it
-is read, so the gradient reaching the other rows of its attention is exactly zero anyway.
+once, without a graph; from `start` on, each tower runs once with its probabilities recorded; then ONE
+`torch.autograd.grad` call, batched over the (image, text) pairs (`is_grads_batched`: one backward per
+pair, vectorised), gives each pair the gradients of its own logit for every block of both towers. The
+last image block is run for the class token alone: nothing else of it is read, so the gradient reaching
+the other rows of its attention is exactly zero anyway.
 
 Baselines (same API, `method=`):
 - "attention": one block's attention (the start layer's: the last block by default), mean over heads,
@@ -165,60 +166,64 @@ def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str,
     cut = tokens[:, : int(eot.max()) + 1]
     L, T = cut.shape[1], visual.positional_embedding.shape[0]
 
-    with torch.no_grad():  # blocks before the start layers: once, for all pairs, no graph
+    with torch.no_grad():  # blocks before the start layers: no graph
         x = visual.embed(image)
         for block in vblocks[:s_img]:
             x = block(x)
         t = model.embed_text(cut)
         for block in tblocks[:s_txt]:
             t = block(t, causal=True)
-    # One copy per pair p = i * N + j from the start layers on.
-    x = x.repeat_interleave(N, dim=0).requires_grad_()  # (P, T, C)
-    t = t.repeat(B, 1, 1).requires_grad_()  # (P, L, C)
-    pair_tokens = cut.repeat(B, 1)  # (P, L)
-    explained = [*vblocks[s_img:], *tblocks[s_txt:]]
-    with torch.enable_grad(), recording(explained):
-        x_in, t_in = x, t
+    P = B * N  # pairs, p = i * N + j
+    of_image = torch.arange(B, device=device).repeat_interleave(N)  # (P,) the image of each pair
+    of_text = torch.arange(N, device=device).repeat(B)  # (P,) the text of each pair
+    with torch.enable_grad(), recording([*vblocks[s_img:], *tblocks[s_txt:]]):
+        x_in, t_in = x.requires_grad_(), t.requires_grad_()  # the graph starts here, frozen weights or not
         for block in vblocks[s_img:-1]:
             x = block(x)
         x = vblocks[-1](x, queries=None if method in ("rollout", "attention") else 1)
         for block in tblocks[s_txt:]:
             t = block(t, causal=True)
-        image_features, text_features = visual.pool(x), model.pool_text(t, pair_tokens)  # (P, E) each
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        pair_logits = model.logit_scale.exp() * (image_features * text_features).sum(dim=-1)  # (P,)
-        if not torch.isfinite(pair_logits).all():
+        logits = model.logits(visual.pool(x), model.pool_text(t, cut))  # (B, N)
+        if not torch.isfinite(logits).all():
             raise ValueError("the model's logits are not finite (NaN or inf): its weights are damaged; "
                              "reload or re-convert the checkpoint")
-        vprobs = [b.attn_probs for b in vblocks[s_img:]]
-        tprobs = [b.attn_probs for b in tblocks[s_txt:]]
-        if method == "chefer":
-            grads = torch.autograd.grad(pair_logits.sum(), vprobs + tprobs)  # one call, every block
-            R_img = _accumulate([_cams_chefer(A, G, signed) for A, G in zip(vprobs, grads)], T)
-            R_txt = _accumulate([_cams_chefer(A, G, signed) for A, G in zip(tprobs, grads[len(vprobs):])], L)
-        elif method == "gradcam":
-            gx, gt = torch.autograd.grad(pair_logits.sum(), [x_in, t_in])
-            patches = torch.arange(T, device=device).expand(x_in.shape[0], T) > 0
-            pos = torch.arange(L, device=device)
-            prompt = (pos > 0) & (pos < eot.repeat(B)[:, None])  # (P, L) tokens strictly inside start..end
-            img_map, txt_map = _gradcam(x_in.detach(), gx, patches)[:, 1:], _gradcam(t_in.detach(), gt, prompt)
-            R_img = R_txt = None
-        elif method == "rollout":
-            R_img, R_txt = _rollout([A.detach() for A in vprobs], T), _rollout([A.detach() for A in tprobs], L)
-        else:  # attention: the start layer's block, mean over heads
-            R_img, R_txt = vprobs[0].detach().float().mean(dim=1), tprobs[0].detach().float().mean(dim=1)
+        vprobs = [b.attn_probs for b in vblocks[s_img:]]  # (B, nh, Q, T) each
+        tprobs = [b.attn_probs for b in tblocks[s_txt:]]  # (N, nh, L, L) each
+        if method in ("chefer", "gradcam"):
+            # One backward per pair, batched (vmap) in ONE call: pair p's grad_output is one-hot at
+            # logits[i, j], so image i receives d logits[i, j] and text j likewise, the others zero.
+            one_hot = torch.eye(P, device=device, dtype=logits.dtype).view(P, B, N)
+            inputs = vprobs + tprobs if method == "chefer" else [x_in, t_in]
+            grads = torch.autograd.grad(logits, inputs, one_hot, is_grads_batched=True)
+            pairs, n_img = torch.arange(P, device=device), len(vprobs) if method == "chefer" else 1
+            img_grads = [G[pairs, of_image] for G in grads[:n_img]]  # (P, ...) pair p's gradient for its image
+            txt_grads = [G[pairs, of_text] for G in grads[n_img:]]  # (P, ...) and for its text
+    if method == "chefer":
+        R_img = _accumulate([_cams_chefer(A[of_image], G, signed) for A, G in zip(vprobs, img_grads)], T)
+        R_txt = _accumulate([_cams_chefer(A[of_text], G, signed) for A, G in zip(tprobs, txt_grads)], L)
+    elif method == "gradcam":
+        patches = torch.arange(T, device=device).expand(P, T) > 0
+        pos = torch.arange(L, device=device)
+        prompt = (pos > 0) & (pos < eot[of_text][:, None])  # (P, L) tokens strictly inside start..end
+        img_map = _gradcam(x_in.detach()[of_image], img_grads[0], patches)[:, 1:]
+        txt_map = _gradcam(t_in.detach()[of_text], txt_grads[0], prompt)
+        R_img = R_txt = None
+    elif method == "rollout":
+        R_img = _rollout([A.detach() for A in vprobs], T)[of_image]
+        R_txt = _rollout([A.detach() for A in tprobs], L)[of_text]
+    else:  # attention: the start layer's block, mean over heads
+        R_img = vprobs[0].detach().float().mean(dim=1)[of_image]
+        R_txt = tprobs[0].detach().float().mean(dim=1)[of_text]
 
-    logits = pair_logits.detach().float().view(B, N).cpu()
-    pair_eot = eot.repeat(B)  # (P,)
+    logits = logits.detach().float().cpu()
     if R_img is not None:
         img_map = R_img[:, 0, 1:]
-        txt_map = R_txt[torch.arange(B * N, device=device), pair_eot]  # (P, L): end-of-text rows
+        txt_map = R_txt[torch.arange(P, device=device), eot[of_text]]  # (P, L): end-of-text rows
     grid = int(round((T - 1) ** 0.5))
     ctx = tokens.shape[1]
     text_matrix = None
     if method == "chefer":  # back to the full context: the cut positions relate only to themselves
-        text_matrix = torch.eye(ctx).expand(B * N, ctx, ctx).clone()
+        text_matrix = torch.eye(ctx).expand(P, ctx, ctx).clone()
         text_matrix[:, :L, :L] = R_txt.detach().float().cpu()
         text_matrix = text_matrix.view(B, N, ctx, ctx)
     txt_map = txt_map.detach().float().cpu().view(B, N, L)

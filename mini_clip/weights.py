@@ -169,8 +169,8 @@ def build(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None, s
     for k, v in sd.items():
         if not v.is_floating_point():
             raise WeightsError(f"{source}: tensor {k} has dtype {v.dtype}; weights must be floating point")
-    with torch.device("meta"):  # no random init: every parameter is about to be replaced
-        model = CLIP(config)
+    with torch.device("meta"):  # no memory and no init: every parameter is about to be replaced
+        model = CLIP(config, initialize=False)
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
     return model.eval()
 
