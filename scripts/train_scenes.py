@@ -21,7 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mini_clip import CLIP, CLIPConfig, save
+from safetensors import safe_open
+
+from mini_clip import CLIP, CLIPConfig, load, save
 from mini_clip.image import MEAN, STD
 from mini_clip.scenes import caption_matches, hard_negatives, sample_scenes
 from mini_clip.tokenizer import tokenize
@@ -66,11 +68,13 @@ def contrastive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Tenso
 
 
 def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3, warmup: int = 500,
-          seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None) -> list[float]:
-    """Train from OpenAI's initialisation; returns the loss of every step."""
+          seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None,
+          init=None, curriculum: bool = True) -> list[float]:
+    """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's loss."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = CLIP(config).train()
+    model = CLIP(config).train() if init is None else load(init)[0].train()
+    config = model.config
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -79,7 +83,7 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
         1 + math.cos(math.pi * min(1.0, s / steps))))
     losses, start = [], time.time()
     for step in range(steps):
-        max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps)))  # curriculum: 1 -> 4 objects
+        max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps))) if curriculum else 4  # 1 -> 4 objects
         images, tokens, matches = make_batch(rng, batch_size, config.image_resolution, max_objects, one_colour)
         logits_per_image, _ = model(images, tokens)
         loss = contrastive_loss(logits_per_image, matches)
@@ -96,17 +100,26 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
                   f"scale {model.logit_scale.exp().item():.1f}  lr {schedule.get_last_lr()[0]:.2e}  "
                   f"{time.time() - start:.0f}s", flush=True)
         if out and checkpoint and (step + 1) % checkpoint == 0:
-            _save(model, out, config, step + 1, steps, batch_size, lr, seed)
+            _save(model, out, step + 1, steps, batch_size, lr, seed, one_colour, init)
     if out:
-        _save(model, out, config, steps, steps, batch_size, lr, seed)
+        _save(model, out, steps, steps, batch_size, lr, seed, one_colour, init)
     return losses
 
 
-def _save(model, out, config, step, steps, batch_size, lr, seed):
+def _save(model, out, step, steps, batch_size, lr, seed, one_colour, init):
     settings = dict(steps=step, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                    one_colour_fraction=one_colour, continued_from=_history(init),
                     data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
                     loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
     save(copy.deepcopy(model).eval().half(), out, {"training": json.dumps(settings)})
+
+
+def _history(init) -> object:
+    """The training settings stored in the file training continues from (None when starting afresh)."""
+    if init is None:
+        return None
+    with safe_open(str(init), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("training", "null"))
 
 
 def main() -> None:
@@ -119,11 +132,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--checkpoint", type=int, default=1000, help="save every N steps")
     p.add_argument("--micro", action="store_true", help="a micro model for smoke runs")
+    p.add_argument("--init", help="continue from this weights file (its architecture; no curriculum)")
+    p.add_argument("--one-colour", type=float, default=0.4, help="fraction of one-colour scenes per batch")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     train(MICRO if args.micro else SHIPPED, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
-          seed=args.seed, checkpoint=args.checkpoint, out=args.out)
+          seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out, init=args.init,
+          curriculum=args.init is None)
 
 
 if __name__ == "__main__":
