@@ -114,23 +114,30 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool = False, keep_probs: bool = False,
-                queries: int | None = None):
-        """Returns (output (B, Q, C), attention probabilities (B, nh, Q, T) or None), where only the first
-        `queries` tokens ask (Q = T by default); every token is still attended to."""
+                rows: torch.Tensor | None = None):
+        """Returns (output (B, Q, C), attention probabilities (B, nh, Q, T) or None). `rows` (B, Q) are the
+        positions of the tokens that ask (all T by default); every token is still attended to."""
         B, T, C = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        q = q[:, :, :queries]  # (B, nh, Q, hs)
+        if rows is not None:
+            q = q.gather(2, rows[:, None, :, None].expand(B, self.heads, rows.shape[1], q.shape[-1]))  # (B, nh, Q, hs)
+        future = None
+        if causal:  # a text token sees itself and the tokens before it
+            pos = torch.arange(T, device=x.device)
+            future = pos > (pos[:, None] if rows is None else rows[:, None, :, None])  # (T, T) or (B, 1, Q, T)
         if keep_probs:
             scores = (q * (C // self.heads) ** -0.5) @ k.transpose(-2, -1)  # (B, nh, Q, T)
-            if causal:  # a text token sees itself and the tokens before it
-                future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)[: q.shape[2]]
+            if future is not None:
                 scores = scores.masked_fill(future, -math.inf)
             probs = scores.float().softmax(dim=-1).to(q.dtype)  # softmax in fp32, as torch's MHA
             y = probs @ v  # (B, nh, Q, hs)
         else:
             probs = None
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, nh, Q, hs)
+            if causal and rows is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if future is None else ~future)
         y = y.transpose(1, 2).reshape(B, q.shape[2], C)
         return self.out_proj(y), probs
 
@@ -151,10 +158,12 @@ class ResidualAttentionBlock(nn.Module):
         self.record = False
         self.attn_probs: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, causal: bool = False, queries: int | None = None) -> torch.Tensor:
-        """(B, T, C) -> (B, Q, C): the first `queries` tokens updated (all T by default)."""
-        y, self.attn_probs = self.attn(self.ln_1(x), causal=causal, keep_probs=self.record, queries=queries)
-        x = x[:, :queries] + y
+    def forward(self, x: torch.Tensor, causal: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, Q, C): the tokens at positions `rows` (B, Q) updated (all T by default)."""
+        y, self.attn_probs = self.attn(self.ln_1(x), causal=causal, keep_probs=self.record, rows=rows)
+        if rows is not None:
+            x = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))  # (B, Q, C)
+        x = x + y
         return x + self.mlp(self.ln_2(x))
 
 
@@ -202,7 +211,8 @@ class VisionTransformer(nn.Module):
             x = block(x)
         # Only the class token leaves the last block (pool reads nothing else), so only its row is computed;
         # a recording block computes every row, to keep the full (T, T) probabilities it promises.
-        return self.pool(last(x, queries=None if last.record else 1))
+        first = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+        return self.pool(last(x, rows=None if last.record else first))
 
 
 class CLIP(nn.Module):
@@ -251,17 +261,22 @@ class CLIP(nn.Module):
         """Token ids (N, L) -> token embeddings plus positions (N, L, C); L may be below the context."""
         return self.token_embedding(text).to(self.dtype) + self.positional_embedding[: text.shape[1]].to(self.dtype)
 
-    def pool_text(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Tokens (N, L, C) -> text features (N, embed_dim), read at end-of-text (the largest id in a row)."""
-        x = self.ln_final(x)
-        return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection
+    def pool_text(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """Tokens (N, L, C) -> text features (N, embed_dim), read at positions `at` (N,): end-of-text."""
+        return self.ln_final(x[torch.arange(x.shape[0], device=x.device), at]) @ self.text_projection
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Token ids (N, context) -> features (N, embed_dim), not normalised."""
+        eot = text.argmax(dim=-1)  # (N,) end-of-text, the largest id in each row
         # The mask is causal and features are read at end-of-text, so the zero padding after the last
         # end-of-text can never influence them: cut it off (77 positions -> often fewer than 10).
-        text = text[:, : int(text.argmax(dim=-1).max()) + 1]
-        return self.pool_text(self.transformer(self.embed_text(text), causal=True), text)
+        x = self.embed_text(text[:, : int(eot.max()) + 1])
+        *body, last = self.transformer.resblocks
+        for block in body:
+            x = block(x, causal=True)
+        # As in the image tower, only the rows read leave the last block: end-of-text, unless recording.
+        x = last(x, causal=True, rows=None if last.record else eot[:, None])
+        return self.pool_text(x, eot if last.record else torch.zeros_like(eot))
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """logits_per_image (B, N): exp(logit_scale) times the cosine similarity."""

@@ -12,8 +12,8 @@ repeats the whole image per text and calls autograd once per block. Here the blo
 once, without a graph; from `start` on, each tower runs once with its probabilities recorded; then ONE
 `torch.autograd.grad` call, batched over the (image, text) pairs (`is_grads_batched`: one backward per
 pair, vectorised), gives each pair the gradients of its own logit for every block of both towers. The
-last image block is run for the class token alone: nothing else of it is read, so the gradient reaching
-the other rows of its attention is exactly zero anyway.
+last blocks are run for the rows that are read alone (class token, end-of-text): the gradient reaching
+the other rows of their attention is exactly zero anyway.
 
 Baselines (same API, `method=`):
 - "attention": one block's attention (the start layer's: the last block by default), mean over heads,
@@ -87,13 +87,15 @@ def _cams_chefer(probs: torch.Tensor, grads: torch.Tensor, signed: bool) -> torc
     return (cam if signed else cam.clamp(min=0)).mean(dim=1)
 
 
-def _accumulate(cams: Sequence[torch.Tensor], size: int) -> torch.Tensor:
-    """R = I; R = R + cam_b @ R for each block in order. A cam with Q < T rows (the class-token-only
-    last block) updates only R's first Q rows: its other rows are zero."""
+def _accumulate(cams: Sequence[torch.Tensor], size: int, rows: torch.Tensor) -> torch.Tensor:
+    """R = I; R = R + cam_b @ R for each block in order. A cam (P, Q, T) with Q < T rows (a last block
+    computed only where it is read) holds the rows at positions `rows` (P, Q); its other rows are zero."""
     R = torch.eye(size, device=cams[0].device).expand(cams[0].shape[0], size, size).clone()
     for cam in cams:
-        q = cam.shape[1]
-        R[:, :q] = R[:, :q] + cam @ R
+        if cam.shape[1] == size:
+            R = R + cam @ R
+        else:
+            R = R.scatter_add(1, rows[:, :, None].expand(-1, -1, size), cam @ R)
     return R
 
 
@@ -178,12 +180,18 @@ def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str,
     of_text = torch.arange(N, device=device).repeat(B)  # (P,) the text of each pair
     with torch.enable_grad(), recording([*vblocks[s_img:], *tblocks[s_txt:]]):
         x_in, t_in = x.requires_grad_(), t.requires_grad_()  # the graph starts here, frozen weights or not
+        # The last blocks compute only the rows that are read (class token, end-of-text): the gradient
+        # reaching their other rows is zero, so Chefer's and Grad-CAM's numbers do not change. The
+        # baselines without gradients read every row of the last image block.
+        partial = method in ("chefer", "gradcam")
+        first = torch.zeros(B, 1, dtype=torch.long, device=device)
         for block in vblocks[s_img:-1]:
             x = block(x)
-        x = vblocks[-1](x, queries=None if method in ("rollout", "attention") else 1)
-        for block in tblocks[s_txt:]:
+        x = vblocks[-1](x, rows=first if partial else None)
+        for block in tblocks[s_txt:-1]:
             t = block(t, causal=True)
-        logits = model.logits(visual.pool(x), model.pool_text(t, cut))  # (B, N)
+        t = tblocks[-1](t, causal=True, rows=eot[:, None] if partial else None)
+        logits = model.logits(visual.pool(x), model.pool_text(t, torch.zeros_like(eot) if partial else eot))
         if not torch.isfinite(logits).all():
             raise ValueError("the model's logits are not finite (NaN or inf): its weights are damaged; "
                              "reload or re-convert the checkpoint")
@@ -199,8 +207,10 @@ def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str,
             img_grads = [G[pairs, of_image] for G in grads[:n_img]]  # (P, ...) pair p's gradient for its image
             txt_grads = [G[pairs, of_text] for G in grads[n_img:]]  # (P, ...) and for its text
     if method == "chefer":
-        R_img = _accumulate([_cams_chefer(A[of_image], G, signed) for A, G in zip(vprobs, img_grads)], T)
-        R_txt = _accumulate([_cams_chefer(A[of_text], G, signed) for A, G in zip(tprobs, txt_grads)], L)
+        R_img = _accumulate([_cams_chefer(A[of_image], G, signed) for A, G in zip(vprobs, img_grads)], T,
+                            first[of_image])
+        R_txt = _accumulate([_cams_chefer(A[of_text], G, signed) for A, G in zip(tprobs, txt_grads)], L,
+                            eot[of_text][:, None])
     elif method == "gradcam":
         patches = torch.arange(T, device=device).expand(P, T) > 0
         pos = torch.arange(L, device=device)
