@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from .heatmap import contact_sheet, overlay
 from .image import ImageError, load_image, preprocess
 from .relevance import METHODS, Relevance, relevance

@@ -49,3 +49,20 @@ def openai_model(openai_clip_dir) -> ModuleType:
 def openai_tokenizer(openai_clip_dir) -> ModuleType:
     """OpenAI's `clip/simple_tokenizer.py` (SimpleTokenizer)."""
     return _load_module("openai_clip_simple_tokenizer", openai_clip_dir / "simple_tokenizer.py")
+
+
+# A tiny random CLIP, for tests of the command line and of damaged inputs (not of numbers).
+TINY = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+            transformer_width=64, transformer_heads=1, transformer_layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A mini_clip .safetensors of a tiny random model (seed 0)."""
+    import torch
+
+    import mini_clip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    mini_clip.save(mini_clip.CLIP(mini_clip.CLIPConfig(**TINY)), path)
+    return path

@@ -17,14 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 import mini_clip
 
 TEXTS = ["a red square", "a blue circle on grey", "a green triangle"]
-CONFIG = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
-              transformer_width=64, transformer_heads=1, transformer_layers=2)
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: more threads only add overhead
@@ -48,11 +45,8 @@ def files_in(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    mini_clip.save(mini_clip.CLIP(mini_clip.CLIPConfig(**CONFIG)), path)
-    return path
+def weights(tiny_weights) -> Path:
+    return tiny_weights
 
 
 def draw(path: Path, size: tuple[int, int], shape: str, colour: tuple[int, int, int]) -> Path:

@@ -32,17 +32,12 @@ import mini_clip
 from mini_clip import ImageError, WeightsError, load_image, preprocess, tokenize
 from mini_clip import image as image_module
 
-CONFIG = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
-              transformer_width=64, transformer_heads=1, transformer_layers=2)
 FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"]
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    mini_clip.save(mini_clip.CLIP(mini_clip.CLIPConfig(**CONFIG)), path)
-    return path
+def weights(tiny_weights) -> Path:
+    return tiny_weights
 
 
 def picture(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
