@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .image import MEAN, STD, preprocess
+from .image import normalize, preprocess
 from .model import CLIP
 from .relevance import relevance
 from .scenes import PAIRS, Scene, caption, hard_negatives, make_scene
@@ -218,7 +218,7 @@ def _deletion_curves(model: CLIP, x: torch.Tensor, scene: Scene, maps: dict, tex
     """label -> per object, its caption's logit after each step's deletions. Every distinct deleted set of the
     scene (all explainers, objects and steps; the first and last steps are shared) is encoded once."""
     grid, labels, n = model.config.grid, list(maps), len(scene.objects)
-    fill = (torch.from_numpy(background_colour(scene)) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    fill = normalize(torch.from_numpy(background_colour(scene)).view(3, 1, 1) / 255).view(3)
     deleted = torch.zeros(len(labels), n, len(steps), grid * grid, dtype=torch.bool)
     for a, label in enumerate(labels):
         for j in range(n):

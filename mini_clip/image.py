@@ -162,5 +162,10 @@ def preprocess(image: Union[Image.Image, str, os.PathLike], size: int = 224,
         image = load_image(image)
     crop, geometry = resize_and_crop(to_rgb(image), size)
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, size, size)
-    x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    x = normalize(x)
     return (x, geometry) if return_geometry else x
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1], channels in dimension -3 ((3, H, W) or (B, 3, H, W)) -> OpenAI's normalisation."""
+    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 
 from mini_clip import CLIP, CLIPConfig, load, save
-from mini_clip.image import MEAN, STD
+from mini_clip.image import normalize
 from mini_clip.scenes import caption_matches, hard_negatives, sample_scenes
 from mini_clip.tokenizer import tokenize
 
@@ -38,8 +38,7 @@ MICRO = CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_wi
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W): mini_clip.preprocess for images already square
     and at the model's resolution, where resize and crop are the identity."""
-    x = torch.from_numpy(images).float().div_(255).permute(0, 3, 1, 2)
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return normalize(torch.from_numpy(images).float().div_(255).permute(0, 3, 1, 2))
 
 
 def make_batch(rng: np.random.Generator, batch_size: int, size: int, max_objects: int, one_colour: float):
