@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import sys
@@ -20,7 +19,7 @@ from .heatmap import contact_sheet, overlay
 from .image import ImageError, load_image, preprocess
 from .relevance import METHODS, Relevance, relevance
 from .tokenizer import default_tokenizer, tokenize
-from .weights import WeightsError, load
+from .weights import WeightsError, atomic_write, load
 
 DONE = "result.json"  # per-image record, written after its pictures
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -89,21 +88,6 @@ def find_images(paths: list[str]) -> list[Path]:
 
 def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "text"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through `write(binary file)` to a temporary file in the same directory, then rename it into
-    place: a reader (or a run killed half-way) sees the file whole or not at all."""
-    # A name known before the file exists (one writer per process at a time), so the clean-up below can
-    # remove it even when SIGTERM lands between its creation and the first line of the `try`.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_writable(out: Path) -> None:

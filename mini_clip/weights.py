@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
 from . import hf
@@ -46,10 +45,8 @@ class WeightsError(ValueError):
 
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
     try:
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: damaged safetensors file ({e})") from None
 
@@ -208,13 +205,22 @@ def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = No
 
     The file is written to a temporary name and renamed, so a reader never sees half a file.
     """
-    path = Path(path)
     meta = {"format": "mini_clip", "config": json.dumps(dataclasses.asdict(model.config)), **(metadata or {})}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: PathLike, write: Callable) -> None:
+    """Write through `write(binary file)` to a temporary file in the same directory, then rename it into
+    place: a reader (or a run killed half-way) sees the file whole or not at all."""
+    path = Path(path)
+    # A name known before the file exists (one writer per process at a time), so the clean-up below can
+    # remove it even when a signal lands between its creation and the first line of the `try`.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
         with open(tmp, "wb") as f:  # open(), unlike safetensors' own writer, honours the umask
-            f.write(data)
+            write(f)
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
