@@ -86,7 +86,21 @@ PRESETS = {
 }
 
 
-class LayerNorm(nn.LayerNorm):
+class SkipInitOnMeta:
+    """Mixin: no random init on the meta device. weights.build constructs the model there and then assigns the
+    checkpoint's tensors, so the init is thrown away; run through meta's Python decompositions, it cost about a
+    third of loading ViT-B/32. On real devices the init (and the random numbers it draws) is unchanged."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
+class Linear(SkipInitOnMeta, nn.Linear):
+    pass
+
+
+class LayerNorm(SkipInitOnMeta, nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back, so fp16/bf16 models stay stable (as OpenAI's)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +125,7 @@ class Attention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # rows: q, k, v
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool = False, keep_probs: bool = False,
                 rows: torch.Tensor | None = None):
@@ -151,9 +165,9 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = Attention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential()  # named children, so keys read mlp.c_fc.* and mlp.c_proj.* as OpenAI's
-        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
+        self.mlp.add_module("c_fc", Linear(width, 4 * width))
         self.mlp.add_module("gelu", QuickGELU())
-        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
+        self.mlp.add_module("c_proj", Linear(4 * width, width))
         self.ln_2 = LayerNorm(width)
         self.record = False
         self.attn_probs: torch.Tensor | None = None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
 import torch
+from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
@@ -168,7 +169,12 @@ def build(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None, s
             raise WeightsError(f"{source}: tensor {k} has dtype {v.dtype}; weights must be floating point")
     with torch.device("meta"):  # no memory and no init: every parameter is about to be replaced
         model = CLIP(config, initialize=False)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+    # check_state_dict has matched every key and shape, so assign directly (load_state_dict's generic checks
+    # and hooks cost more than reading the file)
+    modules = dict(model.named_modules())
+    for key, value in sd.items():
+        owner, _, name = key.rpartition(".")
+        setattr(modules[owner], name, nn.Parameter(value.to(device=device, dtype=dtype)))
     return model.eval()
 
 

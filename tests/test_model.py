@@ -146,6 +146,22 @@ def test_presets_equal_config_of_openai_shapes(openai_model, name):
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in sd.items()}
 
 
+def test_layers_initialise_as_torchs_own():
+    """Linear and LayerNorm skip their init on the meta device only: elsewhere, same values, same random draws."""
+    from mini_clip.model import LayerNorm, Linear
+    for ours, torchs in ((Linear, torch.nn.Linear), (LayerNorm, torch.nn.LayerNorm)):
+        args = (7, 5) if ours is Linear else (7,)
+        torch.manual_seed(3)
+        a = ours(*args)
+        after_ours = torch.rand(1)
+        torch.manual_seed(3)
+        b = torchs(*args)
+        assert torch.equal(after_ours, torch.rand(1))
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        with torch.device("meta"):
+            assert ours(*args).weight.is_meta
+
+
 def test_config_rejects_bad_shapes():
     with pytest.raises(ValueError, match="multiple of the patch size"):
         CLIPConfig(64, 60, 1, 64, 16)

@@ -119,6 +119,8 @@ def check_logits(path, inputs, want, label):
     print(f"\n{label}: max rel diff to reference {d:.2e}")
     assert d < 1e-4
     assert model.config.image_resolution == RESOLUTION and not model.training
+    # built on the meta device, then assigned: every parameter real and trainable, as a fresh model's
+    assert all(not p.is_meta and p.requires_grad for p in model.parameters())
     assert preprocess(Image.new("RGB", (30, 20))).shape == (3, RESOLUTION, RESOLUTION)
     return model
 
