@@ -8,11 +8,17 @@ symmetric contrastive loss with a learnable temperature; batches whose captions 
 colour or a shape (hard negatives), plus, per image, two captions that name an absent object of the same
 colour or the same shape (text-only hard negatives); a curriculum from 1 object to 4; AdamW with warm-up
 and a cosine schedule. A caption true of several images is a positive for all of them.
+
+With --select-every N, every N steps of the second half the model is measured on VALIDATION scenes (seeds of
+their own, apart from training's stream and from the evaluation's EVAL_SEED range) and the file keeps the step
+whose Chefer maps point best: pointing peaks before the loss stops falling, and the held-out evaluation
+(scripts/evaluate_scenes.py) then measures the chosen model on scenes the choice never saw.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -23,6 +29,7 @@ import torch
 from safetensors import safe_open
 
 from mini_clip import CLIP, CLIPConfig, load, save
+from mini_clip.evaluate import evaluate, evaluation_scenes, summary
 from mini_clip.image import normalize
 from mini_clip.scenes import caption_matches, hard_negatives, sample_scenes
 from mini_clip.tokenizer import tokenize
@@ -33,6 +40,8 @@ SHIPPED = CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=5, vision
 MICRO = CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
                    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2,
                    transformer_layers=1, vision_heads=2)
+VALIDATION_SEED = 20_000_000  # model selection's scenes: disjoint from training and from evaluate.EVAL_SEED
+SELECTED_BY = (("chefer", "chefer", -1), ("chefer, all blocks", "chefer", 0))
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -67,8 +76,9 @@ def contrastive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Tenso
 
 def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3, warmup: int = 500,
           seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None,
-          init=None, curriculum: bool = True) -> list[float]:
-    """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's loss."""
+          init=None, curriculum: bool = True, select_every: int = 0, select_scenes: int = 100) -> list[float]:
+    """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's loss.
+    With select_every, `out` holds the best-pointing step on the validation scenes (see the module docstring)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = CLIP(config).train() if init is None else load(init)[0].train()
@@ -80,6 +90,8 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / steps))))
     losses, start = [], time.time()
+    validation = evaluation_scenes(select_scenes, VALIDATION_SEED, config.image_resolution) if select_every else []
+    best = -1.0
     for step in range(steps):
         max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps))) if curriculum else 4  # 1 -> 4 objects
         images, tokens, matches = make_batch(rng, batch_size, config.image_resolution, max_objects, one_colour)
@@ -97,18 +109,34 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
             print(f"step {step:6d}  loss {np.mean(losses[-log_every:]):.4f}  objects<={max_objects}  "
                   f"scale {model.logit_scale.exp().item():.1f}  lr {schedule.get_last_lr()[0]:.2e}  "
                   f"{time.time() - start:.0f}s", flush=True)
-        if out and checkpoint and (step + 1) % checkpoint == 0:
-            _save(model, out, step + 1, steps, batch_size, lr, seed, one_colour, init)
-    if out:
-        _save(model, out, steps, steps, batch_size, lr, seed, one_colour, init)
+        done = step + 1
+        if select_every and done >= steps // 2 and (done % select_every == 0 or done == steps):
+            scores = validation_pointing(model, validation)
+            print(f"step {done:6d}  validation pointing " + "  ".join(f"{k} {v:.1f}" for k, v in scores.items()) +
+                  ("  (best so far)" if sum(scores.values()) > best else ""), flush=True)
+            if sum(scores.values()) > best and out:
+                best = sum(scores.values())
+                _save(model, out, done, steps, batch_size, lr, seed, one_colour, init, scores)
+        elif out and not select_every and checkpoint and (done % checkpoint == 0 or done == steps):
+            _save(model, out, done, steps, batch_size, lr, seed, one_colour, init)
     return losses
 
 
-def _save(model, out, step, steps, batch_size, lr, seed, one_colour, init):
+def validation_pointing(model: CLIP, scenes) -> dict[str, float]:
+    """Pointing % of each SELECTED_BY map on the validation scenes (the model is left in training mode)."""
+    model.eval()
+    rows = dict(summary(evaluate(model, scenes, SELECTED_BY, deletion_intervals=None)))
+    model.train()
+    return {label: rows[f"pointing %: {label}"][0] for label, _, _ in SELECTED_BY}
+
+
+def _save(model, out, step, steps, batch_size, lr, seed, one_colour, init, validation=None):
     settings = dict(steps=step, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                     one_colour_fraction=one_colour, continued_from=_history(init),
                     data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
                     loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
+    if validation is not None:
+        settings["selected_by"] = dict(validation_pointing=validation, scenes=f"evaluation_scenes(seed={VALIDATION_SEED})")
     save(copy.deepcopy(model).eval().half(), out, {"training": json.dumps(settings)})
 
 
@@ -128,16 +156,21 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--checkpoint", type=int, default=1000, help="save every N steps")
+    p.add_argument("--checkpoint", type=int, default=1000, help="save every N steps (without --select-every)")
+    p.add_argument("--select-every", type=int, default=0,
+                   help="in the second half, measure pointing on validation scenes every N steps and keep the best")
+    p.add_argument("--select-scenes", type=int, default=100, help="validation scenes for --select-every")
     p.add_argument("--micro", action="store_true", help="a micro model for smoke runs")
+    p.add_argument("--vision-layers", type=int, default=SHIPPED.vision_layers, help="image tower depth")
     p.add_argument("--init", help="continue from this weights file (its architecture; no curriculum)")
     p.add_argument("--one-colour", type=float, default=0.4, help="fraction of one-colour scenes per batch")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    train(MICRO if args.micro else SHIPPED, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
+    config = MICRO if args.micro else dataclasses.replace(SHIPPED, vision_layers=args.vision_layers)
+    train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
           seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out, init=args.init,
-          curriculum=args.init is None)
+          curriculum=args.init is None, select_every=args.select_every, select_scenes=args.select_scenes)
 
 
 if __name__ == "__main__":
