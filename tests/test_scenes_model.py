@@ -121,6 +121,34 @@ def test_micro_training_lowers_the_loss(train_scenes):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
 
 
+def test_selection_keeps_the_best_pointing_step(tmp_path, monkeypatch, train_scenes):
+    """With select_every, the file holds the weights of the step whose validation pointing was highest."""
+    scores, snapshots = iter([40.0, 70.0, 55.0]), {}  # measured at steps 10, 15, 20 (second half, every 5)
+
+    def scripted(model, scenes):
+        snapshots[len(snapshots)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        value = next(scores)
+        return {"chefer": value, "chefer, all blocks": value}
+    monkeypatch.setattr(train_scenes, "validation_pointing", scripted)
+    out = tmp_path / "micro.safetensors"
+    train_scenes.train(train_scenes.MICRO, 20, batch_size=16, warmup=3, log_every=0, out=out, select_every=5,
+                       select_scenes=2)
+    assert len(snapshots) == 3
+    with safe_open(str(out), framework="pt") as f:
+        training = json.loads(f.metadata()["training"])
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    assert training["steps"] == 15 and training["selected_by"]["validation_pointing"]["chefer"] == 70.0
+    assert all(torch.equal(saved[k], v.half()) for k, v in snapshots[1].items())
+
+
+def test_validation_pointing_measures_a_micro_model(train_scenes):
+    model = CLIP(train_scenes.MICRO).train()
+    scenes = E.evaluation_scenes(4, train_scenes.VALIDATION_SEED, train_scenes.MICRO.image_resolution)
+    scores = train_scenes.validation_pointing(model, scenes)
+    assert set(scores) == {"chefer", "chefer, all blocks"} and all(0 <= v <= 100 for v in scores.values())
+    assert model.training  # handed back to training as it came
+
+
 # --- the measurements, on hand-made cases -----------------------------------------------------------------
 
 def pixels(*yx, size=4) -> np.ndarray:
