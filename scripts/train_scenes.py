@@ -1,7 +1,7 @@
 """Train the tiny CLIP that ships as mini_clip's default model, on the synthetic world of mini_clip.scenes.
 
     python scripts/train_scenes.py --out weights/scenes-vit-t8.safetensors            # the shipped recipe
-    python scripts/train_scenes.py --steps 20 --micro --out /tmp/micro.safetensors     # a smoke run
+    python scripts/train_scenes.py --steps 20 --micro --select-every 0 --out /tmp/micro.safetensors   # a smoke run
 
 Recipe: OpenAI's architecture at 64 px with 8 px patches, OpenAI's tokenizer and normalisation; the
 symmetric contrastive loss with a learnable temperature; batches whose captions come in groups sharing a
@@ -9,10 +9,10 @@ colour or a shape (hard negatives), plus, per image, two captions that name an a
 colour or the same shape (text-only hard negatives); a curriculum from 1 object to 4; AdamW with warm-up
 and a cosine schedule. A caption true of several images is a positive for all of them.
 
-With --select-every N, every N steps of the second half the model is measured on VALIDATION scenes (seeds of
-their own, apart from training's stream and from the evaluation's EVAL_SEED range) and the file keeps the step
-whose Chefer maps point best: pointing peaks before the loss stops falling, and the held-out evaluation
-(scripts/evaluate_scenes.py) then measures the chosen model on scenes the choice never saw.
+With --select-every N (250 by default), every N steps of the second half the model is measured on VALIDATION
+scenes (seeds of their own, apart from training's stream and from the evaluation's EVAL_SEED range) and the
+file keeps the step whose Chefer maps point best: pointing peaks before the loss stops falling, and the
+held-out evaluation (scripts/evaluate_scenes.py) then measures the chosen model on scenes the choice never saw.
 """
 from __future__ import annotations
 
@@ -157,8 +157,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--checkpoint", type=int, default=1000, help="save every N steps (without --select-every)")
-    p.add_argument("--select-every", type=int, default=0,
-                   help="in the second half, measure pointing on validation scenes every N steps and keep the best")
+    p.add_argument("--select-every", type=int, default=250, help="in the second half, measure pointing on "
+                   "validation scenes every N steps and keep the best (0: keep the last step, saved every --checkpoint)")
     p.add_argument("--select-scenes", type=int, default=100, help="validation scenes for --select-every")
     p.add_argument("--micro", action="store_true", help="a micro model for smoke runs")
     p.add_argument("--vision-layers", type=int, default=SHIPPED.vision_layers, help="image tower depth")
