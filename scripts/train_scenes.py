@@ -26,13 +26,12 @@ import time
 import numpy as np
 import torch
 
-from safetensors import safe_open
-
-from mini_clip import CLIP, CLIPConfig, load, save
+from mini_clip import CLIP, CLIPConfig, save
 from mini_clip.evaluate import evaluate, evaluation_scenes, summary
 from mini_clip.image import normalize
 from mini_clip.scenes import caption_matches, hard_negatives, sample_scenes
 from mini_clip.tokenizer import tokenize
+from mini_clip.weights import build, read_checkpoint
 
 SHIPPED = CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=5, vision_width=128, vision_patch_size=8,
                      context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=4,
@@ -81,8 +80,16 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
     With select_every, `out` holds the best-pointing step on the validation scenes (see the module docstring)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = CLIP(config).train() if init is None else load(init)[0].train()
-    config = model.config
+    settings = dict(steps=0, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed, one_colour_fraction=one_colour,
+                    continued_from=None, data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
+                    loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
+    if init is None:
+        model = CLIP(config)
+    else:  # its weights, its architecture, and the settings that trained it (kept in the new file's metadata)
+        sd, init_config, metadata = read_checkpoint(init)
+        model = build(sd, init_config, str(init))
+        config, settings["continued_from"] = model.config, json.loads(metadata.get("training", "null"))
+    model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -112,13 +119,16 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
         done = step + 1
         if select_every and done >= steps // 2 and (done % select_every == 0 or done == steps):
             scores = validation_pointing(model, validation)
+            improved = sum(scores.values()) > best
             print(f"step {done:6d}  validation pointing " + "  ".join(f"{k} {v:.1f}" for k, v in scores.items()) +
-                  ("  (best so far)" if sum(scores.values()) > best else ""), flush=True)
-            if sum(scores.values()) > best and out:
+                  ("  (best so far)" if improved else ""), flush=True)
+            if improved:
                 best = sum(scores.values())
-                _save(model, out, done, steps, batch_size, lr, seed, one_colour, init, scores)
+                selected_by = dict(validation_pointing=scores, scenes=f"evaluation_scenes(seed={VALIDATION_SEED})")
+                if out:
+                    _save(model, out, dict(settings, steps=done, selected_by=selected_by))
         elif out and not select_every and checkpoint and (done % checkpoint == 0 or done == steps):
-            _save(model, out, done, steps, batch_size, lr, seed, one_colour, init)
+            _save(model, out, dict(settings, steps=done))
     return losses
 
 
@@ -130,22 +140,9 @@ def validation_pointing(model: CLIP, scenes) -> dict[str, float]:
     return {label: rows[f"pointing %: {label}"][0] for label, _, _ in SELECTED_BY}
 
 
-def _save(model, out, step, steps, batch_size, lr, seed, one_colour, init, validation=None):
-    settings = dict(steps=step, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                    one_colour_fraction=one_colour, continued_from=_history(init),
-                    data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
-                    loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
-    if validation is not None:
-        settings["selected_by"] = dict(validation_pointing=validation, scenes=f"evaluation_scenes(seed={VALIDATION_SEED})")
+def _save(model: CLIP, out, settings: dict) -> None:
+    """An fp16 copy of the model, its training settings in the metadata; training goes on in fp32."""
     save(copy.deepcopy(model).eval().half(), out, {"training": json.dumps(settings)})
-
-
-def _history(init) -> object:
-    """The training settings stored in the file training continues from (None when starting afresh)."""
-    if init is None:
-        return None
-    with safe_open(str(init), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("training", "null"))
 
 
 def main() -> None:
