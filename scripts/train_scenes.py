@@ -21,12 +21,15 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mini_clip import CLIP, CLIPConfig, save
+from mini_clip import CLIP, CLIPConfig, WeightsError, save
 from mini_clip.evaluate import evaluate, evaluation_scenes, summary
 from mini_clip.image import normalize
 from mini_clip.scenes import caption_matches, hard_negatives, sample_scenes
@@ -145,7 +148,7 @@ def _save(model: CLIP, out, settings: dict) -> None:
     save(copy.deepcopy(model).eval().half(), out, {"training": json.dumps(settings)})
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="where to write the .safetensors (fp16)")
     p.add_argument("--steps", type=int, default=7000)
@@ -161,14 +164,45 @@ def main() -> None:
     p.add_argument("--vision-layers", type=int, default=SHIPPED.vision_layers, help="image tower depth")
     p.add_argument("--init", help="continue from this weights file (its architecture; no curriculum)")
     p.add_argument("--one-colour", type=float, default=0.4, help="fraction of one-colour scenes per batch")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args()
+    problem = bad_flag(args)
+    if problem:
+        print(f"train_scenes: error: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     config = MICRO if args.micro else dataclasses.replace(SHIPPED, vision_layers=args.vision_layers)
-    train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
-          seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out, init=args.init,
-          curriculum=args.init is None, select_every=args.select_every, select_scenes=args.select_scenes)
+    try:
+        train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
+              seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out, init=args.init,
+              curriculum=args.init is None, select_every=args.select_every, select_scenes=args.select_scenes)
+    except (WeightsError, OSError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"train_scenes: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def bad_flag(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, checked before an hour of training rather than at its first save."""
+    out = Path(args.out).resolve()
+    for ok, why in ((args.steps >= 1, f"--steps is {args.steps}; need at least 1"),
+                    (args.batch_size >= 2, f"--batch-size is {args.batch_size}; need at least 2 (a contrastive batch)"),
+                    (args.lr > 0, f"--lr is {args.lr}; need a positive learning rate"),
+                    (args.threads >= 0, f"--threads is {args.threads}; need 0 (torch's default) or more"),
+                    (args.checkpoint >= 0, f"--checkpoint is {args.checkpoint}; need 0 (only at the end) or more"),
+                    (args.select_every >= 0, f"--select-every is {args.select_every}; need 0 (off) or more"),
+                    (args.select_scenes >= 2, f"--select-scenes is {args.select_scenes}; need at least 2"),
+                    (args.vision_layers >= 1, f"--vision-layers is {args.vision_layers}; need at least 1"),
+                    (0 <= args.one_colour <= 1, f"--one-colour is {args.one_colour}; need a fraction from 0 to 1"),
+                    (out.parent.is_dir() and os.access(out.parent, os.W_OK),
+                     f"--out {args.out}: its folder {out.parent} is missing or not writable")):
+        if not ok:
+            return why
+    return None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -141,6 +141,22 @@ def test_selection_keeps_the_best_pointing_step(tmp_path, monkeypatch, train_sce
     assert all(torch.equal(saved[k], v.half()) for k, v in snapshots[1].items())
 
 
+@pytest.mark.parametrize("flags, code, says", [
+    (["--steps", "0"], 2, "--steps is 0"),
+    (["--one-colour", "1.5"], 2, "--one-colour is 1.5"),
+    (["--select-every", "-1"], 2, "--select-every is -1"),
+    (["--vision-layers", "0"], 2, "--vision-layers is 0"),
+    (["--out", "/nonexistent-folder/m.safetensors"], 2, "/nonexistent-folder is missing or not writable"),
+    (["--init", "/nonexistent-folder/m.safetensors", "--steps", "1"], 1, "no such file"),
+])
+def test_training_script_refuses_bad_flags_in_one_line(tmp_path, monkeypatch, capsys, train_scenes, flags, code, says):
+    monkeypatch.setattr(sys, "argv", ["train_scenes.py", "--micro", "--out", str(tmp_path / "m.safetensors"), *flags])
+    assert train_scenes.main() == code
+    err = capsys.readouterr().err
+    assert err.startswith("train_scenes: error: ") and says in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_validation_pointing_measures_a_micro_model(train_scenes):
     model = CLIP(train_scenes.MICRO).train()
     scenes = E.evaluation_scenes(4, train_scenes.VALIDATION_SEED, train_scenes.MICRO.image_resolution)
