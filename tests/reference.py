@@ -1,6 +1,10 @@
 """Test-side helpers: random OpenAI-architecture models built with OpenAI's own code, and inputs for them."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import torch
 
 # (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab, text_width, text_heads,
@@ -11,6 +15,14 @@ SHAPES = [
     (128, 80, 4, 256, 16, 77, 49408, 192, 3, 2),
     (32, 64, 3, 192, 16, 40, 49408, 256, 4, 4),
 ]
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    """A Python file imported by its path (OpenAI's files without their package, the project's scripts)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -6,7 +6,6 @@
 - the measurement functions on hand-made maps, masks and scores, with answers worked out by hand here;
 - the evaluation script end to end, in a subprocess.
 """
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from mini_clip import evaluate as E
 from mini_clip.model import CLIP
 from mini_clip.scenes import Obj, Scene
 from mini_clip.weights import DEFAULT_WEIGHTS
+from reference import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_MB = 30
@@ -32,13 +32,6 @@ SCENES = 40
 # that finds objects but not which one ~40 % (~1 / objects), and an untrained model's maps land near there.
 MIN_ZERO_SHOT, MIN_POINTING, MIN_MARGIN, MIN_TEXT_MARGIN = 70.0, 50.0, 20.0, 10.0
 TEXT_BLIND = "objects, text-blind"
-
-
-def _train_module():
-    spec = importlib.util.spec_from_file_location("train_scenes", ROOT / "scripts" / "train_scenes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +45,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def train_scenes():
-    return _train_module()
+    return load_module("train_scenes", ROOT / "scripts" / "train_scenes.py")
 
 
 @pytest.fixture(scope="module")
@@ -285,9 +278,7 @@ def test_evaluation_script_prints_the_table(tmp_path, train_scenes):
 
 
 def test_evaluation_script_fails_in_one_line(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("evaluate_scenes", ROOT / "scripts" / "evaluate_scenes.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module("evaluate_scenes", ROOT / "scripts" / "evaluate_scenes.py")
     monkeypatch.setattr(sys, "argv", ["evaluate_scenes.py", "--weights", str(tmp_path / "missing.safetensors")])
     assert script.main() == 1
     err = capsys.readouterr().err
