@@ -44,7 +44,7 @@ import torch
 from .image import normalize, preprocess
 from .model import CLIP
 from .relevance import relevance
-from .scenes import PAIRS, Scene, caption, hard_negatives, make_scene
+from .scenes import DEFAULT_WORLD, PAIRS, Scene, World, caption, hard_negatives, make_scene
 from .tokenizer import tokenize
 
 EVAL_SEED = 10_000_000  # first scene seed; training draws from one default_rng(0) stream
@@ -65,14 +65,15 @@ def is_one_colour(scene: Scene) -> bool:
     return len({o.colour for o in scene.objects}) == 1
 
 
-def evaluation_scenes(n: int, seed: int = EVAL_SEED, size: int = 64) -> list[Scene]:
-    """n scenes, alternately one-colour (even index) and multi-colour (odd), 2-4 objects each (see above)."""
+def evaluation_scenes(n: int, seed: int = EVAL_SEED, size: int = 64,
+                      world: str | World = DEFAULT_WORLD) -> list[Scene]:
+    """n scenes of `world`, alternately one-colour (even index) and multi-colour (odd), 2-4 objects each."""
     scenes = []
     for i in range(n):
         rng, one_colour = np.random.default_rng(seed + i), i % 2 == 0
         while True:
             n_objects = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
-            scene = make_scene(rng, size, n_objects, one_colour=one_colour)
+            scene = make_scene(rng, size, n_objects, one_colour=one_colour, world=world)
             if len(scene.objects) >= MIN_OBJECTS and is_one_colour(scene) == one_colour:
                 break
         scenes.append(scene)
