@@ -288,6 +288,84 @@ def evaluate(model: CLIP, scenes: Sequence[Scene], explainers: Sequence[Explaine
                   steps or (), seed)
 
 
+# The text side: each setting is (label, method, text start layer). Chefer's text map does not depend on the
+# image's start layer (the image blocks recorded change nothing in the text tower's gradients).
+TEXT_EXPLAINERS: tuple[Explainer, ...] = (
+    ("chefer, last text block", "chefer", -1), ("chefer, all text blocks", "chefer", 0),
+    ("attention", "attention", -1), ("rollout", "rollout", 0), ("gradcam", "gradcam", -1))
+
+
+@dataclass
+class TextResult:
+    """The text side for one (scene, object): the share of relevance on its caption's two content words
+    (colour, shape; against "a"), and for its hard negatives, whether signed Chefer marks the wrong word."""
+    scene: int
+    one_colour: bool
+    caption: str
+    content: dict[str, float]  # label -> share of the (clamped) relevance on the colour and shape words
+    against: dict[str, list[bool]]  # chefer label -> per hard negative: the wrong word scores lowest, below 0
+
+
+def word_scores(scores: torch.Tensor, words: Sequence[str]) -> np.ndarray:
+    """Token scores (tokens,) -> one score per word (the sum over its BPE pieces, e.g. 'hex' 'agon')."""
+    from .tokenizer import default_tokenizer  # the tokenizer that made the tokens scored
+    sizes = [len(default_tokenizer().encode(w)) for w in words]
+    if sum(sizes) != len(scores):
+        raise ValueError(f"{len(scores)} token scores for words {list(words)} of {sum(sizes)} tokens")
+    return np.add.reduceat(scores.double().numpy(), np.cumsum([0] + sizes[:-1]))
+
+
+def content_share(words: np.ndarray) -> float:
+    """(a, colour, shape) word scores -> the share of max(score, 0) on colour and shape; 2/3 if all are 0."""
+    m = np.clip(words, 0, None)
+    return float(m[1:].sum() / m.sum()) if m.sum() > 0 else 2 / 3
+
+
+def evaluate_text(model: CLIP, scenes: Sequence[Scene],
+                  explainers: Sequence[Explainer] = TEXT_EXPLAINERS) -> list[TextResult]:
+    """Measure the words' relevance for every object of the scenes.
+
+    Content: the caption "a {colour} {shape}" of each object; the share of its relevance on the colour and
+    shape words. Against (Chefer settings only, signed=True): each object's hard negatives, "a {colour}
+    {other shape}" and "a {other colour} {shape}" absent from the scene; a hit when the swapped word has the
+    lowest signed score of the three words and it is negative (evidence against the text).
+    """
+    R, results = model.config.image_resolution, []
+    for i, scene in enumerate(scenes):
+        x = preprocess(scene.image, R)
+        content = {label: [] for label, _, _ in explainers}
+        for label, method, start in explainers:
+            rel = relevance(model, x, scene.captions, start_layer_text=start, method=method)
+            for j, obj in enumerate(scene.objects):
+                content[label].append(content_share(word_scores(rel.text[j][0], ["a", obj.colour, obj.shape])))
+        negatives = [(j, text, wrong) for j, obj in enumerate(scene.objects)
+                     for swap, wrong in (("shape", 2), ("colour", 1)) for text in hard_negatives(scene, obj, swap)]
+        against = {label: [[] for _ in scene.objects] for label, method, _ in explainers if method == "chefer"}
+        for label, method, start in explainers:
+            if method == "chefer":  # all the scene's negatives in one call
+                rel = relevance(model, x, [t for _, t, _ in negatives], start_layer_text=start, signed=True)
+                for k, (j, text, wrong) in enumerate(negatives):
+                    words = word_scores(rel.text[k][0], text.split())
+                    against[label][j].append(bool(np.argmin(words) == wrong and words[wrong] < 0))
+        for j, obj in enumerate(scene.objects):
+            results.append(TextResult(i, is_one_colour(scene), obj.caption,
+                                      {k: v[j] for k, v in content.items()}, {k: v[j] for k, v in against.items()}))
+    return results
+
+
+def text_summary(results: Sequence[TextResult]) -> list[tuple[str, list[float]]]:
+    """(measure, [all, one-colour, multi-colour]) percentage rows for `evaluate_text`'s results."""
+    groups = (list(results), [r for r in results if r.one_colour], [r for r in results if not r.one_colour])
+    labels = list(results[0].content) if results else []
+    rows = [(f"words: relevance on colour + shape %: {e}",
+             [_percent(g, lambda r, e=e: r.content[e]) for g in groups]) for e in labels]
+    for e in (results[0].against if results else {}):
+        rows.append((f"words: hard negative's wrong word marked against (signed) %: {e}",
+                     [100 * float(np.mean([a for r in g for a in r.against[e]])) if g else float("nan")
+                      for g in groups]))
+    return rows
+
+
 def _groups(report: Report) -> tuple[list[ObjectResult], ...]:
     """The objects of all scenes, of the one-colour scenes, and of the multi-colour scenes."""
     return (report.objects, [o for o in report.objects if o.one_colour],
@@ -328,40 +406,3 @@ def summary(report: Report) -> list[tuple[str, list[float]]]:
         rows.append(row("deletion: mean logit gap, unperturbed - blank", lambda g: float(np.mean(
             [o.deletion[report.explainers[0]][0] - o.deletion[report.explainers[0]][-1] for o in g]))))
     return rows
-
-
-CLEARLY_BELOW = 0.8  # "deletion AUC clearly below random": at most this fraction of random's
-
-
-def targets(report: Report) -> list[tuple[str, bool]]:
-    """The issue's targets, each with whether it is met (a measure not in the report counts as missed)."""
-    rows = dict(summary(report))
-    get = lambda name, group=0: rows.get(name, [float("nan")] * 3)[group]  # noqa: E731
-    point = {e: get(f"pointing %: {e}") for e in ("chefer", "chefer, all blocks", "attention", "rollout")}
-    auc, random_auc = get("deletion AUC (lower is better): chefer"), get("deletion AUC (lower is better): random")
-    # Both Chefer settings are held to the target: start -1 is the original's default, start 0 (all blocks)
-    # the setting the issue's calibration run reported.
-    return [*[(f"pointing ({e}) >= 90 %", point[e] >= 90) for e in ("chefer", "chefer, all blocks")],
-            *[(f"pointing: {e} ahead of attention and rollout",
-               point[e] > point["attention"] and point[e] > point["rollout"]) for e in ("chefer", "chefer, all blocks")],
-            ("zero-shot comparisons won >= 95 % on multi-colour scenes", get("zero-shot: comparisons won %", 2) >= 95),
-            ("zero-shot comparisons won >= 85 % on one-colour scenes", get("zero-shot: comparisons won %", 1) >= 85),
-            (f"deletion AUC (chefer) <= {CLEARLY_BELOW} x random's", auc <= CLEARLY_BELOW * random_auc)]
-
-
-def format_report(report: Report, settings: str = "") -> str:
-    """The summary as one markdown table: a settings line above, the targets (met or MISSED) below."""
-    groups = [len(g) for g in _groups(report)]
-    one = len({o.scene for o in report.objects if o.one_colour})
-    head = (f"{report.scenes} scenes ({one} one-colour, {report.scenes - one} multi-colour), {groups[0]} objects; "
-            f"random maps seed {report.seed}")
-    if report.deletion_steps:
-        head += f"; deletion steps (cells removed) {', '.join(map(str, report.deletion_steps))}"
-    lines = [head + (f"; {settings}" if settings else ""), "",
-             f"| measure | all ({groups[0]}) | one-colour ({groups[1]}) | multi-colour ({groups[2]}) |",
-             "| --- | ---: | ---: | ---: |"]
-    for name, values in summary(report):
-        fmt = "{:.3f}" if name.startswith("deletion AUC") else "{:.1f}"
-        lines.append(f"| {name} | " + " | ".join(fmt.format(v) for v in values) + " |")
-    lines += [""] + [f"- target {name}: {'met' if ok else 'MISSED'}" for name, ok in targets(report)]
-    return "\n".join(lines)
