@@ -53,7 +53,7 @@ Explainer = tuple[str, Optional[str], Optional[int]]  # (label, relevance method
 # The maps compared; method None is the seeded random map; TEXT_BLIND the objects' coverage (both floors).
 EXPLAINERS: tuple[Explainer, ...] = (
     ("chefer", "chefer", -1), ("chefer, all blocks", "chefer", 0), ("attention", "attention", -1),
-    ("rollout", "rollout", 0), ("gradcam", "gradcam", -1), ("random", None, None),
+    ("rollout", "rollout", 0), ("gradcam", "gradcam", -1), ("legrad", "legrad", None), ("random", None, None),
     ("objects, text-blind", "objects", None))
 TEXT_BLIND = "objects"  # the map of every object's coverage, whatever the text: see the module docstring
 STRICT_COVER = 0.25  # strict pointing: at least a quarter of the arg-max cell lies on the mask
