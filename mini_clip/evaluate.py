@@ -333,11 +333,7 @@ def evaluate_text(model: CLIP, scenes: Sequence[Scene],
     R, results = model.config.image_resolution, []
     for i, scene in enumerate(scenes):
         x = preprocess(scene.image, R)
-        content = {label: [] for label, _, _ in explainers}
-        for label, method, start in explainers:
-            rel = relevance(model, x, scene.captions, start_layer_text=start, method=method)
-            for j, obj in enumerate(scene.objects):
-                content[label].append(content_share(word_scores(rel.text[j][0], ["a", obj.colour, obj.shape])))
+        content = _content_shares(model, x, scene, explainers)
         negatives = [(j, text, wrong) for j, obj in enumerate(scene.objects)
                      for swap, wrong in (("shape", 2), ("colour", 1)) for text in hard_negatives(scene, obj, swap)]
         against = {label: [[] for _ in scene.objects] for label, method, _ in explainers if method == "chefer"}
@@ -364,6 +360,42 @@ def text_summary(results: Sequence[TextResult]) -> list[tuple[str, list[float]]]
                      [100 * float(np.mean([a for r in g for a in r.against[e]])) if g else float("nan")
                       for g in groups]))
     return rows
+
+
+def choose_settings(model: CLIP, scenes: Sequence[Scene]) -> dict:
+    """The Chefer settings this model is best explained with, chosen on `scenes` (validation scenes, never the
+    evaluation's): the image start layer whose maps point best (ties: the later block, nearer the original's
+    default), and the text start layer that puts most relevance on the content words. Returns the dict that
+    `mini_clip.save` writes as the weights' recommendation (see relevance.recommended)."""
+    blocks, text_blocks = model.config.vision_layers, model.config.transformer_layers
+    image = [(f"start {k}", "chefer", k) for k in range(blocks)]
+    hits = dict(summary(evaluate(model, scenes, image, deletion_intervals=None)))
+    best = max(range(blocks), key=lambda k: (hits[f"pointing %: start {k}"][0], k))
+    text = [(f"start {k}", "chefer", k) for k in range(text_blocks)]
+    words = evaluate_text_content(model, scenes, text)
+    best_text = max(range(text_blocks), key=lambda k: (words[f"start {k}"], k))
+    last = lambda k, n: -1 if k == n - 1 else k  # noqa: E731  the last block written as the original writes it
+    return {"method": "chefer", "start_layer": last(best, blocks), "start_layer_text": last(best_text, text_blocks)}
+
+
+def evaluate_text_content(model: CLIP, scenes: Sequence[Scene], explainers: Sequence[Explainer]) -> dict[str, float]:
+    """label -> mean share of relevance on the colour and shape words over every object (no hard negatives)."""
+    shares = {label: [] for label, _, _ in explainers}
+    for scene in scenes:
+        x = preprocess(scene.image, model.config.image_resolution)
+        for label, values in _content_shares(model, x, scene, explainers).items():
+            shares[label] += values
+    return {label: float(np.mean(v)) for label, v in shares.items()}
+
+
+def _content_shares(model: CLIP, x: torch.Tensor, scene: Scene, explainers: Sequence[Explainer]) -> dict[str, list]:
+    """label -> per object of the scene, the share of its caption's relevance on the colour and shape words."""
+    shares = {}
+    for label, method, start in explainers:
+        rel = relevance(model, x, scene.captions, start_layer_text=start, method=method)
+        shares[label] = [content_share(word_scores(rel.text[j][0], ["a", o.colour, o.shape]))
+                         for j, o in enumerate(scene.objects)]
+    return shares
 
 
 def _groups(report: Report) -> tuple[list[ObjectResult], ...]:

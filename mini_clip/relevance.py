@@ -82,6 +82,30 @@ class Relevance:
     signed: bool = False
 
 
+def recommended(model: CLIP) -> dict:
+    """The explanation settings the model's weights recommend ({} when they state none, as OpenAI's):
+    {"method": ..., "start_layer": ..., "start_layer_text": ...}, set by `mini_clip.load` from the file."""
+    return getattr(model, "recommended", None) or {}
+
+
+def check_recommended(settings: object, model: CLIP) -> dict:
+    """Validate recommended settings read from an (untrusted) weights file; returns them as a dict.
+
+    Raises:
+        ValueError: not an object, an unknown key or method, or a start layer that is not an int in range.
+    """
+    if not isinstance(settings, dict) or not set(settings) <= {"method", "start_layer", "start_layer_text"}:
+        raise ValueError(f"recommended settings must be an object with method, start_layer, start_layer_text; "
+                         f"got {str(settings)[:80]}")
+    if settings.get("method", "chefer") not in METHODS:
+        raise ValueError(f"recommended method {str(settings['method'])[:40]!r} is not one of {', '.join(METHODS)}")
+    for key, blocks in (("start_layer", model.config.vision_layers), ("start_layer_text", model.config.transformer_layers)):
+        value = settings.get(key, -1)
+        if type(value) is not int or not -blocks <= value < blocks:
+            raise ValueError(f"recommended {key} {str(value)[:20]} is not a block of a tower of {blocks}")
+    return dict(settings)
+
+
 def _start(start: Optional[int], blocks: int, method: str, name: str) -> int:
     """Normalise a start layer to an index in [0, blocks); -1 is the last block, as in the original."""
     start = max(DEFAULT_START[method], -blocks) if start is None else start
@@ -164,7 +188,7 @@ def _as_tokens(model: CLIP, texts: Union[Sequence[str], str, torch.Tensor], trun
 
 def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str, torch.Tensor],
               start_layer: Optional[int] = None, start_layer_text: Optional[int] = None,
-              method: str = "chefer", signed: bool = False, truncate: bool = False) -> Relevance:
+              method: Optional[str] = None, signed: bool = False, truncate: bool = False) -> Relevance:
     """Explain every (image, text) pair.
 
     Args:
@@ -172,15 +196,22 @@ def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str,
         image: preprocessed images (B, 3, R, R), or one image (3, R, R).
         texts: strings (tokenized with the model's context), or token ids (N, <= context).
         start_layer, start_layer_text: first block explained in each tower: -1 the last block only
-            (the original's default), k blocks k..last, 0 all blocks; None the method's default.
-        method: "chefer", "attention", "rollout", "gradcam" or "legrad" (image maps only).
+            (the original's default), k blocks k..last, 0 all blocks; None: the weights' recommendation
+            (`recommended(model)`) when it is for this method, else the method's default (DEFAULT_START).
+        method: "chefer", "attention", "rollout", "gradcam" or "legrad" (image maps only); None: the weights'
+            recommended method, else "chefer".
         signed: Chefer only: keep negative evidence (see `_cams_chefer`); off gives the original's numbers.
         truncate: cut texts longer than the context instead of raising.
     Returns:
         A Relevance with logits, probabilities, maps and matrices for every pair.
     """
+    advice = recommended(model)
+    method = method or advice.get("method", "chefer")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if advice.get("method", "chefer") == method:  # the weights' start layers are for their method only
+        start_layer = advice.get("start_layer") if start_layer is None else start_layer
+        start_layer_text = advice.get("start_layer_text") if start_layer_text is None else start_layer_text
     if signed and method != "chefer":
         raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
     if torch.is_inference_mode_enabled():

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mini_clip import CLIP, CLIPConfig, WeightsError, save
-from mini_clip.evaluate import evaluate, evaluation_scenes, summary
+from mini_clip.evaluate import choose_settings, evaluate, evaluation_scenes, summary
 from mini_clip.image import normalize
 from mini_clip.scenes import DEFAULT_WORLD, WORLDS, caption_matches, hard_negatives, sample_scenes
 from mini_clip.tokenizer import tokenize
@@ -136,7 +136,22 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
                     _save(model, out, dict(settings, steps=done, selected_by=selected_by))
         elif out and not select_every and checkpoint and (done % checkpoint == 0 or done == steps):
             _save(model, out, dict(settings, steps=done))
+    if out:
+        recommend(out, world, select_scenes)
     return losses
+
+
+def recommend(path, world: str = DEFAULT_WORLD, scenes: int = 100) -> dict:
+    """Choose the explanation settings of the model in `path` on validation scenes (never the evaluation's)
+    and write them into the file's metadata (see mini_clip.evaluate.choose_settings); returns them."""
+    sd, config, metadata = read_checkpoint(path)
+    model = build(sd, config, str(path))
+    validation = evaluation_scenes(scenes, VALIDATION_SEED, config.image_resolution, world)
+    model.recommended = choose_settings(model, validation)
+    print(f"recommended explanation settings (on {scenes} validation scenes of {world!r}): {model.recommended}",
+          flush=True)
+    save(model.half(), path, {k: v for k, v in metadata.items() if k == "training"})  # fp16 again: exact
+    return model.recommended
 
 
 def validation_pointing(model: CLIP, scenes) -> dict[str, float]:
@@ -170,6 +185,8 @@ def main() -> int:
     p.add_argument("--one-colour", type=float, default=0.4, help="fraction of one-colour scenes per batch")
     p.add_argument("--world", choices=[w for w in WORLDS if w != "held-out"], default=DEFAULT_WORLD,
                    help="the scenes trained and validated on (the held-out world is kept for evaluation)")
+    p.add_argument("--recommend-only", action="store_true", help="train nothing: choose the explanation "
+                   "settings of the model already in --out on validation scenes and write them into it")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args()
     problem = bad_flag(args)
@@ -180,6 +197,9 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     config = MICRO if args.micro else dataclasses.replace(SHIPPED, vision_layers=args.vision_layers)
     try:
+        if args.recommend_only:
+            recommend(args.out, args.world, args.select_scenes)
+            return 0
         train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
               seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out, init=args.init,
               curriculum=args.init is None, select_every=args.select_every, select_scenes=args.select_scenes,
