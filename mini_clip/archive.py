@@ -13,27 +13,33 @@ import warnings
 import zipfile
 from typing import BinaryIO, Iterator, Union
 
+import torch
+
 # torch.save and torch.jit.save store every entry uncompressed (64-byte aligned, for memory mapping), so a
 # torch archive inflates to its own size. Someone may re-zip one with deflate, but trained floats deflate
 # by a few percent; even a model that were 7/8 zeros stays below 8x. A zip bomb is ~1000x (deflate's best
 # is 1032:1): refused before a byte is inflated.
 MAX_INFLATION = 8
 
-# Storage classes torch pickles name for a tensor's element type (torch.FloatStorage, ...).
-STORAGES = ("HalfStorage", "FloatStorage", "DoubleStorage", "BFloat16Storage", "LongStorage", "IntStorage",
-            "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "UntypedStorage")
-DTYPES = ("float16", "float32", "float64", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
-# What a checkpoint's pickle may name: tensors, storages, dtypes and plain containers (torch's own
-# weights-only reader allows these too; anything else is what a crafted file asks for).
+# What a checkpoint's pickle may name besides torch's storage classes and dtypes: tensors and plain
+# containers (torch's own weights-only reader allows these too; anything else is what a crafted file asks for).
 SAFE_GLOBALS = {
     ("collections", "OrderedDict"), ("torch", "Size"), ("torch", "device"),
     ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch._tensor", "_rebuild_from_type_v2"), ("torch.nn.parameter", "Parameter"),
-    *(("torch", name) for name in STORAGES + DTYPES),
-    *(("builtins", name) for name in ("set", "frozenset", "bytearray", "complex", "slice")),
-    *(("__builtin__", name) for name in ("set", "frozenset", "bytearray", "complex", "slice")),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    *((module, name) for module in ("builtins", "__builtin__") for name in ("set", "frozenset", "bytearray",
+                                                                           "complex", "slice")),
 }
+def is_safe(module: str, name: str) -> bool:
+    """A global a weights pickle may name: SAFE_GLOBALS, a torch storage class (the element type of a
+    tensor's bytes: torch.FloatStorage, torch.ComplexFloatStorage, ...) or a torch dtype."""
+    if (module, name) in SAFE_GLOBALS:
+        return True
+    value = getattr(torch, name, None) if module == "torch" and not name.startswith("_") else None
+    return isinstance(value, torch.dtype) or (isinstance(value, type) and name.endswith("Storage"))
+
+
 STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
            "SHORT_BINSTRING"}
 
@@ -88,7 +94,7 @@ def check_pickles(data: Union[bytes, BinaryIO], count: int = 5) -> None:
             with warnings.catch_warnings():  # pickletools decoding garbage warns about escapes: not ours
                 warnings.simplefilter("ignore", DeprecationWarning)
                 for module, name in _globals(stream):  # one by one: a global before garbage still counts
-                    if (module, name) not in SAFE_GLOBALS:
+                    if not is_safe(module, name):
                         raise UnsafeArchiveError(f"its pickle asks for {module[:60]}.{name[:60]}, which a "
                                                  "weights file never needs")
         except UnsafeArchiveError:
