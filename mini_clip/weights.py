@@ -28,7 +28,7 @@ from safetensors.torch import save as save_bytes
 from . import hf
 from .archive import MAX_INFLATION, UnsafeArchiveError, check_pickles, check_zip, read_entry
 from .image import preprocess
-from .model import CLIP, CLIPConfig, summary
+from .model import CLIP, PRESETS, CLIPConfig, summary
 from .torchscript import is_torchscript, read_torchscript
 
 PathLike = Union[str, os.PathLike]
@@ -260,12 +260,13 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
         if not path.exists():
             raise WeightsError(f"{path}: the embedded default model is missing; reinstall mini_clip from its "
                                "repository (pip install -e .) or pass a weights file")
-    elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
-        from .download import fetch  # imported here: download imports this module
-        from .model import PRESETS
-        if path not in PRESETS:
-            raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
+    elif isinstance(path, str) and path in PRESETS:
+        # A name means the model, as in clip.load, even where a folder of that name exists ("./ViT-B/32" is
+        # the folder). Imported here: download imports this module.
+        from .download import fetch
         path = fetch(path)  # downloaded, verified and converted once, then read from the cache
+    elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
+        raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
     sd, config, _ = read_checkpoint(path)
     model = build(sd, config, str(path), device, dtype)
     return model, functools.partial(preprocess, size=model.config.image_resolution)

@@ -371,3 +371,27 @@ def test_cli_prints_the_warning_as_one_line(tmp_path, embedded_as_state_dict):
     lines = [line for line in proc.stderr.splitlines() if "states no architecture" in line]
     assert len(lines) == 1 and lines[0].startswith("mini_clip.explain: warning: "), proc.stderr
     assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names
+
+
+def test_a_model_name_means_the_model_even_where_a_folder_has_its_name(tmp_path, monkeypatch):
+    """As clip.load: "ViT-B/32" is OpenAI's model, whatever the current folder holds ("./ViT-B/32" is the
+    folder), instead of "a directory without config.json" for a folder the user never meant."""
+    from mini_clip import download
+    (tmp_path / "ViT-B" / "32").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    def fetch(name):
+        asked.append(name)
+        raise WeightsError(f"{name}: offline")
+
+    monkeypatch.setattr(download, "fetch", fetch)
+    with pytest.raises(WeightsError, match="offline"):
+        mini_clip.load("ViT-B/32")
+    assert asked == ["ViT-B/32"]
+    with pytest.raises(WeightsError, match="without config.json"):
+        mini_clip.load("./ViT-B/32")
