@@ -113,8 +113,8 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor]) -> tuple[dict, list[st
             continue
         shapes = [tuple(hf[s].shape) for s in sources]
         if len(sources) > 1 and (len(shapes[0]) == 0 or any(s[1:] != shapes[0][1:] for s in shapes)):
-            raise ValueError(f"{', '.join(sources)} have shapes {', '.join(map(str, shapes))}, which do not join "
-                             f"into OpenAI's {key}")
+            raise ValueError(f"{', '.join(sources)} have shapes {', '.join(map(str, shapes))}, which do not "
+                             f"join into OpenAI's {key}")
         if key in TRANSPOSED and len(shapes[0]) != 2:
             raise ValueError(f"{sources[0]} has shape {shapes[0]}; a projection is a matrix")
         used.update(sources)

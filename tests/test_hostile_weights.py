@@ -67,7 +67,8 @@ CONFIG_EDITS = {  # name: (edit of the config dict, or a string replacing the co
     "negative width": ({"vision_width": -64}, ["vision_width is -64"]),
     "patch 0": ({"vision_patch_size": 0}, ["vision_patch_size is 0"]),
     "heads 0": ({"transformer_heads": 0}, ["transformer_heads is 0"]),
-    "heads not dividing": ({"transformer_heads": 3}, ["transformer_width 64 is not divisible by transformer_heads 3"]),
+    "heads not dividing": ({"transformer_heads": 3},
+                           ["transformer_width 64 is not divisible by transformer_heads 3"]),
     "float": ({"image_resolution": 32.0}, ["image_resolution is 32.0 (float)", "whole number"]),
     "string": ({"embed_dim": "32"}, ["embed_dim is '32' (str)"]),
     "bool": ({"vision_layers": True}, ["vision_layers is True (bool)"]),
@@ -289,7 +290,8 @@ def test_a_tensor_viewing_more_than_it_stores_is_refused(tmp_path, tiny_weights)
 
 @pytest.mark.parametrize("edit, words", [
     (lambda sd: sd.update({"visual.proj": torch.tensor(1.0)}), ["visual.proj has shape ()"]),
-    (lambda sd: sd.update({"visual.conv1.weight": torch.zeros(64, 3)}), ["visual.conv1.weight has shape (64, 3)"]),
+    (lambda sd: sd.update({"visual.conv1.weight": torch.zeros(64, 3)}),
+     ["visual.conv1.weight has shape (64, 3)"]),
     (lambda sd: sd.update({"visual.proj": sd["visual.proj"].to(torch.complex64)}), ["visual.proj", "complex64"]),
     (lambda sd: sd.update({"ln_final.weight": sd["ln_final.weight"].bool()}), ["ln_final.weight", "torch.bool"]),
     (lambda sd: sd.update({"visual.extra": torch.zeros(1 << 20, 0)}), ["unexpected (1): visual.extra"]),
@@ -364,9 +366,10 @@ def test_width_openais_rule_cannot_split_is_refused(tmp_path):
 
 def test_cli_prints_the_warning_as_one_line(tmp_path, embedded_as_state_dict):
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
-    proc = subprocess.run([sys.executable, "-m", "mini_clip.explain", str(tmp_path / "red.png"), "--text",
-                           "a red square", "--weights", str(embedded_as_state_dict), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    args = [tmp_path / "red.png", "--text", "a red square", "--weights", embedded_as_state_dict,
+            "--out", tmp_path / "o"]
+    proc = subprocess.run([sys.executable, "-m", "mini_clip.explain", *map(str, args)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "states no architecture" in line]
     assert len(lines) == 1 and lines[0].startswith("mini_clip.explain: warning: "), proc.stderr
