@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -151,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
     texts = read_texts(args)
     if args.signed and args.method != "chefer":
         raise UsageError(f"--signed works with --method chefer only, not {args.method}")
-    model, _ = load(args.weights, device=args.device)
+    with warnings.catch_warnings(record=True) as caught:  # the loader's warnings, as one line each
+        warnings.simplefilter("always")
+        model, _ = load(args.weights, device=args.device)
+    for w in caught:
+        print(f"mini_clip.explain: warning: {w.message}", file=sys.stderr)
     for k, text in enumerate(texts):
         n = len(default_tokenizer().encode(text)) + 2  # + start and end of text
         if n > model.context_length and not args.truncate:

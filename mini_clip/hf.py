@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
-from .model import CLIPConfig
+from .model import CLIPConfig, check_size
 
 # OpenAI key -> Hugging Face key, outside the blocks. {p} is "weight" or "bias".
 TOP_LEVEL = {
@@ -54,6 +54,28 @@ def _expand(table: Mapping[str, object]) -> dict[str, object]:
 TOP_LEVEL_KEYS, BLOCK_KEYS = _expand(TOP_LEVEL), _expand(BLOCK)
 
 
+# Block suffix and top-level key, Hugging Face -> OpenAI: the tables above read the other way.
+OPENAI_SUFFIX = {theirs: ours for ours, sources in BLOCK_KEYS.items() for theirs in sources}
+OPENAI_TOP_LEVEL = {theirs: ours for ours, theirs in TOP_LEVEL_KEYS.items()}
+
+# CLIPConfig field -> (part of config.json or None for the top level, Hugging Face key, transformers' default).
+# The defaults are transformers' CLIPTextConfig / CLIPVisionConfig defaults (ViT-B/32).
+CONFIG_FIELDS = {
+    "embed_dim": (None, "projection_dim", 512),
+    "image_resolution": ("vision_config", "image_size", 224),
+    "vision_layers": ("vision_config", "num_hidden_layers", 12),
+    "vision_width": ("vision_config", "hidden_size", 768),
+    "vision_patch_size": ("vision_config", "patch_size", 32),
+    "context_length": ("text_config", "max_position_embeddings", 77),
+    "vocab_size": ("text_config", "vocab_size", 49408),
+    "transformer_width": ("text_config", "hidden_size", 512),
+    "transformer_heads": ("text_config", "num_attention_heads", 8),
+    "transformer_layers": ("text_config", "num_hidden_layers", 12),
+    "vision_heads": ("vision_config", "num_attention_heads", 12),
+}
+MAX_CONFIG_BYTES = 1 << 20  # a CLIPModel config.json is a few kB; anything this large is not one
+
+
 def is_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith(("vision_model.", "text_model.")) for k in sd)
 
@@ -67,46 +89,70 @@ def hf_sources(key: str) -> tuple[str, ...]:
     return (TOP_LEVEL_KEYS[key],)
 
 
-def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], expected_keys) -> tuple[dict, list[str]]:
-    """Map a Hugging Face state dict onto OpenAI's names for the keys the model expects.
+def openai_key(key: str) -> Optional[str]:
+    """The OpenAI key a Hugging Face key is (part of), or None if the tables do not know it."""
+    for ours, theirs in TOWERS.items():
+        if key.startswith(theirs) and "." in key[len(theirs):]:
+            index, suffix = key[len(theirs):].split(".", 1)
+            return f"{ours}{index}.{OPENAI_SUFFIX[suffix]}" if suffix in OPENAI_SUFFIX else None
+    return OPENAI_TOP_LEVEL.get(key)
 
-    Returns (state dict in OpenAI names, Hugging Face keys that no expected key used); a key whose
-    sources are missing is left out, so strict loading reports it by its OpenAI name.
+
+def convert_hf_state_dict(hf: Mapping[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """Map a Hugging Face state dict onto OpenAI's names, driven by the keys the file holds.
+
+    Returns (state dict in OpenAI names, Hugging Face keys that no OpenAI key used); a key whose
+    sources are incomplete is left out, so strict loading reports it by its OpenAI name.
+    Raises:
+        ValueError: q, k and v projections that cannot be joined, or a projection that is not a matrix.
     """
     out, used = {}, set(IGNORED)
-    for key in expected_keys:
+    for key in sorted({openai_key(k) for k in hf} - {None}):
         sources = hf_sources(key)
-        if all(s in hf for s in sources):
-            used.update(sources)
-            tensor = torch.cat([hf[s] for s in sources]) if len(sources) > 1 else hf[sources[0]]
-            out[key] = tensor.t() if key in TRANSPOSED else tensor
+        if not all(s in hf for s in sources):
+            continue
+        shapes = [tuple(hf[s].shape) for s in sources]
+        if len(sources) > 1 and (len(shapes[0]) == 0 or any(s[1:] != shapes[0][1:] for s in shapes)):
+            raise ValueError(f"{', '.join(sources)} have shapes {', '.join(map(str, shapes))}, which do not "
+                             f"join into OpenAI's {key}")
+        if key in TRANSPOSED and len(shapes[0]) != 2:
+            raise ValueError(f"{sources[0]} has shape {shapes[0]}; a projection is a matrix")
+        used.update(sources)
+        tensor = torch.cat([hf[s] for s in sources]) if len(sources) > 1 else hf[sources[0]]
+        out[key] = tensor.t() if key in TRANSPOSED else tensor
     return out, sorted(set(hf) - used)
 
 
 def config_from_hf(path: Path) -> CLIPConfig:
-    """CLIPConfig from a Hugging Face `config.json` (a CLIPModel config with text and vision parts)."""
-    c = json.loads(Path(path).read_text())
-    text, vision = c.get("text_config") or {}, c.get("vision_config") or {}
-    for name, part in (("text_config", text), ("vision_config", vision)):
-        act = part.get("hidden_act", "quick_gelu")
+    """CLIPConfig from a Hugging Face `config.json` (a CLIPModel config with text and vision parts).
+
+    Raises:
+        ValueError: not a JSON object, a part that is not an object, a size that is not a whole number
+            in bounds (named by its Hugging Face key), or an architecture mini_clip does not implement.
+    """
+    path = Path(path)
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path.stat().st_size} bytes, too large for a config.json")
+    c = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(c, dict):
+        raise ValueError(f"a JSON {type(c).__name__}, not an object")
+    parts = {None: c}
+    for name in ("text_config", "vision_config"):
+        parts[name] = c.get(name) or {}
+        if not isinstance(parts[name], dict):
+            raise ValueError(f"{name} is a JSON {type(parts[name]).__name__}, not an object")
+    fields = {}
+    for field, (part, key, default) in CONFIG_FIELDS.items():
+        fields[field] = parts[part].get(key, default)
+        check_size(f"{part + '.' if part else ''}{key}", fields[field])
+    for name, width, inner_default in (("text_config", fields["transformer_width"], 2048),
+                                       ("vision_config", fields["vision_width"], 3072)):
+        act = parts[name].get("hidden_act", "quick_gelu")
         if act != "quick_gelu":
-            raise ValueError(f"{path}: {name}.hidden_act is {act!r}; mini_clip implements OpenAI's 'quick_gelu' only")
-        width = part.get("hidden_size", 512 if part is text else 768)
-        inner = part.get("intermediate_size", 2048 if part is text else 3072)
+            raise ValueError(f"{name}.hidden_act is {act!r:.40}; mini_clip implements OpenAI's "
+                             "'quick_gelu' only")
+        inner = parts[name].get("intermediate_size", inner_default)
         if inner != 4 * width:
-            raise ValueError(f"{path}: {name}.intermediate_size is {inner}; OpenAI's CLIP uses 4 x hidden_size "
-                             f"= {4 * width}")
-    # Defaults below are transformers' CLIPTextConfig / CLIPVisionConfig defaults (ViT-B/32).
-    return CLIPConfig(
-        embed_dim=c.get("projection_dim", 512),
-        image_resolution=vision.get("image_size", 224),
-        vision_layers=vision.get("num_hidden_layers", 12),
-        vision_width=vision.get("hidden_size", 768),
-        vision_patch_size=vision.get("patch_size", 32),
-        context_length=text.get("max_position_embeddings", 77),
-        vocab_size=text.get("vocab_size", 49408),
-        transformer_width=text.get("hidden_size", 512),
-        transformer_heads=text.get("num_attention_heads", 8),
-        transformer_layers=text.get("num_hidden_layers", 12),
-        vision_heads=vision.get("num_attention_heads", 12),
-    )
+            raise ValueError(f"{name}.intermediate_size is {inner!r:.40}; OpenAI's CLIP uses "
+                             f"4 x hidden_size = {4 * width}")
+    return CLIPConfig(**fields)

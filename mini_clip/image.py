@@ -7,6 +7,7 @@ geometry of the resize and crop is kept so a relevance grid can be mapped back o
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -147,23 +148,59 @@ def _vertical_first(width: int, height: int, new_width: int, new_height: int) ->
     return height - new_height > 0 and height - new_height > 2 * (width - new_width)
 
 
-def preprocess(image: Union[Image.Image, str, os.PathLike], size: int = 224,
-               return_geometry: bool = False):
-    """An image (PIL or path) -> normalised float tensor (3, size, size), as OpenAI's `preprocess`.
+ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
+
+
+def preprocess(image: ImageLike, size: int = 224, return_geometry: bool = False):
+    """An image (PIL, path, uint8 array) -> normalised float tensor (3, size, size), as OpenAI's `preprocess`.
 
     Args:
-        image: a PIL image in any mode, or a path to an image file.
-        size: the model's input resolution (`model.visual.input_resolution`).
+        image: a PIL image in any mode, a path to an image file, or a uint8 numpy array of pixels,
+            (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped), as `np.asarray(pil_image)` gives.
+        size: the model's input resolution (`model.visual.input_resolution`), a positive int.
         return_geometry: also return the CropGeometry that maps the input back onto the original.
     Returns:
         The tensor, or (tensor, geometry) when `return_geometry` is set.
+    Raises:
+        TypeError: `image` or `size` is of another type (a tensor is taken to be preprocessed already).
+        ValueError: `size` < 1, an array of another shape or dtype, or an image without pixels.
+        ImageError: a path that is not a readable image.
     """
-    if not isinstance(image, Image.Image):
-        image = load_image(image)
-    crop, geometry = resize_and_crop(to_rgb(image), size)
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise TypeError(f"size must be an int, the model's input resolution; got {size!r}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, the model's input resolution; got {size}")
+    image = _as_image(image)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"the image has no pixels ({image.width} x {image.height})")
+    crop, geometry = resize_and_crop(to_rgb(image), int(size))
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, size, size)
     x = normalize(x)
     return (x, geometry) if return_geometry else x
+
+
+def _as_image(image: ImageLike) -> Image.Image:
+    """A PIL image as given, an image file opened with `load_image`, or a uint8 array made a PIL image.
+
+    Raises:
+        TypeError: anything else; ValueError: an array that is not (H, W), (H, W, 3) or (H, W, 4) uint8.
+    """
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, np.ndarray):
+        # Only uint8 says its scale: floats could be in [0, 1] or [0, 255], or normalised already.
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(f"a numpy image must be uint8 pixels of shape (H, W), (H, W, 3) or (H, W, 4); "
+                             f"got {image.dtype} {image.shape}: convert it, e.g. np.clip(x * 255, 0, 255)"
+                             ".astype(np.uint8) for floats in [0, 1], or pass a PIL image or a path")
+        return Image.fromarray(np.ascontiguousarray(image))
+    if isinstance(image, torch.Tensor):
+        raise TypeError("preprocess takes a PIL image, a path or a uint8 numpy array, not a tensor: a tensor "
+                        "is taken to be preprocessed already (pass it to the model as it is)")
+    raise TypeError(f"expected a PIL image, a path (str or os.PathLike) or a uint8 numpy array; got "
+                    f"{type(image).__name__}")
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

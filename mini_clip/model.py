@@ -12,6 +12,7 @@ OpenCLIP checkpoints load unchanged. Two departures from OpenAI's `model.py`, ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
@@ -21,6 +22,20 @@ import torch.nn.functional as F
 from torch import nn
 
 HEAD_WIDTH = 64  # OpenAI's build_model: heads = width // 64 for both towers
+# The largest size a config may state: far above any CLIP (widths <= 2048, vocabularies < 300k), and small
+# enough that the product of two sizes (a weight matrix's element count) stays well inside int64.
+MAX_SIZE = 2 ** 24
+
+
+def check_size(name: str, value: object, low: int = 1) -> None:
+    """Raise ValueError unless `value` is a whole number (an int, not a bool or float) from low to MAX_SIZE.
+
+    A config is untrusted input (a file's metadata, a Hugging Face config.json): this is its first check.
+    """
+    if type(value) is not int:
+        raise ValueError(f"{name} is {value!r:.40} ({type(value).__name__}); expected a whole number")
+    if not low <= value <= MAX_SIZE:
+        raise ValueError(f"{name} is {value!r:.40}; expected a whole number from {low} to {MAX_SIZE}")
 
 
 @dataclass(frozen=True)
@@ -38,43 +53,97 @@ class CLIPConfig:
     vision_heads: int = 0  # 0 means OpenAI's rule, vision_width // 64 (Hugging Face configs may differ)
 
     def __post_init__(self):
+        """Validate every field before anything is built from them: types, bounds, then how they fit."""
+        for field in dataclasses.fields(self):
+            check_size(field.name, getattr(self, field.name), low=0 if field.name == "vision_heads" else 1)
         if self.vision_heads == 0:  # frozen: set through object.__setattr__, as dataclasses do
-            object.__setattr__(self, "vision_heads", max(1, self.vision_width // HEAD_WIDTH))
+            object.__setattr__(self, "vision_heads", openai_heads("vision_width", self.vision_width))
         if self.image_resolution % self.vision_patch_size:
             raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of the patch size "
                              f"{self.vision_patch_size}")
+        for tower, width, heads in (("vision", self.vision_width, self.vision_heads),
+                                    ("transformer", self.transformer_width, self.transformer_heads)):
+            if width % heads:
+                raise ValueError(f"{tower}_width {width} is not divisible by {tower}_heads {heads}")
+
+    @classmethod
+    def from_dict(cls, fields: object) -> "CLIPConfig":
+        """A config from a JSON object (a file's metadata): unknown and missing fields are named."""
+        if not isinstance(fields, dict):
+            raise ValueError(f"the config is a JSON {type(fields).__name__}, not an object")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in fields if k not in names]
+        if unknown:
+            raise ValueError(f"the config has unknown fields {summary(unknown)}; valid: {', '.join(names)}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in fields and f.default is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"the config lacks {', '.join(missing)}")
+        return cls(**fields)
 
     @property
     def grid(self) -> int:
         """Patches per side of the image: 7 for ViT-B/32 at 224 px."""
         return self.image_resolution // self.vision_patch_size
 
+    @staticmethod
+    def sizes_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """Every field that tensor shapes tell (all but the heads), read as OpenAI's `build_model` reads them.
+
+        Raises ValueError naming the tensor that is missing or has the wrong number of dimensions.
+        """
+        def size(key: str, axis: int, ndim: int) -> int:
+            if key not in sd:
+                raise ValueError(f"not a CLIP ViT state dict: {key!r} is missing"
+                                 + (" (ResNet CLIPs are not supported)" if key == "visual.proj" else ""))
+            shape = tuple(sd[key].shape)
+            if len(shape) != ndim:
+                raise ValueError(f"{key} has shape {shape}; a CLIP's has {ndim} dimensions")
+            return shape[axis]
+
+        def count_blocks(prefix: str) -> int:
+            return len({k.split(".")[prefix.count(".")] for k in sd if k.startswith(prefix)})
+
+        size("visual.proj", 1, 2)  # first: a ResNet CLIP has none, and is told so
+        patch = size("visual.conv1.weight", -1, 4)
+        grid = round((size("visual.positional_embedding", 0, 2) - 1) ** 0.5)
+        return dict(
+            embed_dim=size("text_projection", 1, 2),
+            image_resolution=patch * grid,
+            vision_layers=count_blocks("visual.transformer.resblocks."),
+            vision_width=size("visual.conv1.weight", 0, 4),
+            vision_patch_size=patch,
+            context_length=size("positional_embedding", 0, 2),
+            vocab_size=size("token_embedding.weight", 0, 2),
+            transformer_width=size("ln_final.weight", 0, 1),
+            transformer_layers=count_blocks("transformer.resblocks."),
+        )
+
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> "CLIPConfig":
         """Infer the architecture from tensor shapes, as OpenAI's `build_model` does.
 
-        Heads cannot be read from shapes; OpenAI's rule, width // 64, is used for both towers.
+        Heads cannot be read from shapes; OpenAI's rule, width // 64, is used for both towers, and a width
+        that is not a multiple of 64 is refused (no rule applies).
         """
-        def count_blocks(prefix: str) -> int:
-            return len({k.split(".")[prefix.count(".")] for k in sd if k.startswith(prefix)})
+        sizes = cls.sizes_from_state_dict(sd)
+        return cls(**sizes, transformer_heads=openai_heads("transformer_width", sizes["transformer_width"]))
 
-        if "visual.proj" not in sd:
-            raise ValueError("not a CLIP ViT state dict: 'visual.proj' is missing (ResNet CLIPs are not supported)")
-        patch = sd["visual.conv1.weight"].shape[-1]
-        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        text_width = sd["ln_final.weight"].shape[0]
-        return cls(
-            embed_dim=sd["text_projection"].shape[1],
-            image_resolution=patch * grid,
-            vision_layers=count_blocks("visual.transformer.resblocks."),
-            vision_width=sd["visual.conv1.weight"].shape[0],
-            vision_patch_size=patch,
-            context_length=sd["positional_embedding"].shape[0],
-            vocab_size=sd["token_embedding.weight"].shape[0],
-            transformer_width=text_width,
-            transformer_heads=max(1, text_width // HEAD_WIDTH),
-            transformer_layers=count_blocks("transformer.resblocks."),
-        )
+
+def openai_heads(name: str, width: int) -> int:
+    """OpenAI's rule for a tower's heads (width // 64), refused where it cannot apply."""
+    if width % HEAD_WIDTH:
+        raise ValueError(f"{name} {width} is not a multiple of {HEAD_WIDTH}, so OpenAI's rule (heads = width // "
+                         f"{HEAD_WIDTH}) cannot give its heads: state them in a config (a mini_clip .safetensors "
+                         "written by mini_clip.save, or a Hugging Face config.json)")
+    return width // HEAD_WIDTH
+
+
+def summary(names: Iterable[str], first: int = 3) -> str:
+    """A few names, then how many more: error messages stay one short line however long the list."""
+    names = list(names)
+    more = f", and {len(names) - first} more" if len(names) > first else ""
+    return ", ".join(str(n)[:80] for n in names[:first]) + more
 
 
 # OpenAI's published ViT models (clip.available_models()); from_state_dict must reproduce these exactly.
@@ -244,6 +313,9 @@ class CLIP(nn.Module):
         self.ln_final = LayerNorm(c.transformer_width)
         self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
+        # Explanation settings the weights recommend ({"method", "start_layer", "start_layer_text"}), read from
+        # and written to mini_clip's files; empty for OpenAI's, which keep the original's defaults.
+        self.recommended: dict = {}
         if initialize:  # loading a checkpoint skips it: every value is about to be replaced
             self.initialize_parameters()
 

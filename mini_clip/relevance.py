@@ -36,11 +36,15 @@ gradient reaching A_l and one batched backward of sum_l s_l gives every layer's 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
+from PIL import Image
 
+from .image import ImageLike, preprocess
 from .model import CLIP, recording
 from .tokenizer import EOT, token_labels, tokenize
 
@@ -85,7 +89,7 @@ class Relevance:
 def recommended(model: CLIP) -> dict:
     """The explanation settings the model's weights recommend ({} when they state none, as OpenAI's):
     {"method": ..., "start_layer": ..., "start_layer_text": ...}, set by `mini_clip.load` from the file."""
-    return getattr(model, "recommended", None) or {}
+    return model.recommended
 
 
 def check_recommended(settings: object, model: CLIP) -> dict:
@@ -174,27 +178,103 @@ def _legrad(model: CLIP, x: torch.Tensor, tokens: torch.Tensor, start: int) -> t
     return model.logits(visual.pool(x.detach()), text), maps
 
 
-def _as_tokens(model: CLIP, texts: Union[Sequence[str], str, torch.Tensor], truncate: bool) -> torch.Tensor:
-    if isinstance(texts, torch.Tensor):
-        tokens = texts.long()
-    else:
-        tokens = tokenize([texts] if isinstance(texts, str) else list(texts), model.context_length, truncate)
-    if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] > model.context_length:
-        raise ValueError(f"expected token ids of shape (texts, <= {model.context_length}), got {tuple(tokens.shape)}")
-    if not (tokens == EOT).any(dim=-1).all():
-        raise ValueError(f"every row of token ids needs an end-of-text token ({EOT}), as mini_clip.tokenize makes")
+# How to fix images given as raw pixels.
+PREPROCESS_HINT = ("pass a PIL image or a path (preprocessed here at the model's resolution), or "
+                   "preprocess it with the preprocess that mini_clip.load returns")
+# OpenAI's normalisation maps pixels in [0, 1] into about [-1.8, 2.3]: values above this, with none below
+# zero, are pixels in [0, 255] that were not normalised.
+MAX_NORMALISED = 10.0
+
+Images = Union[torch.Tensor, ImageLike, Sequence[Union[torch.Tensor, ImageLike]]]
+Texts = Union[str, Sequence[str], torch.Tensor, np.ndarray, Sequence[Sequence[int]]]
+
+
+def _dtype(x: torch.Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def _as_images(image: Images, size: int) -> torch.Tensor:
+    """Whatever `relevance` accepts as images -> a float batch (B, 3, size, size), checked."""
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("no images given: pass at least one (PIL images, paths, or a tensor)")
+        return torch.cat([_as_images(one, size) for one in image])  # each checked alone, then one batch
+    if not isinstance(image, torch.Tensor):
+        if not isinstance(image, (Image.Image, str, os.PathLike, np.ndarray)):
+            raise TypeError(f"image must be a preprocessed tensor (B, 3, {size}, {size}), a PIL image, a "
+                            f"path, a uint8 numpy array, or a list of these; got {type(image).__name__}")
+        return preprocess(image, size)[None]  # (1, 3, size, size)
+    if not image.is_floating_point():
+        raise ValueError(f"image is a {_dtype(image)} tensor of raw pixels: {PREPROCESS_HINT}")
+    image = image[None] if image.dim() == 3 else image
+    if image.dim() != 4 or tuple(image.shape[1:]) != (3, size, size) or image.shape[0] == 0:
+        raise ValueError(f"expected preprocessed images of shape (B, 3, {size}, {size}), B >= 1, got "
+                         f"{tuple(image.shape)}: use the preprocess that mini_clip.load returns "
+                         f"(size {size})")
+    if not torch.isfinite(image).all():
+        raise ValueError("the image tensor holds NaN or inf values: preprocess the image again")
+    if image.min() >= 0 and image.max() > MAX_NORMALISED:
+        raise ValueError(f"image values lie in [0, {float(image.max()):g}]: raw pixels, not normalised; "
+                         f"{PREPROCESS_HINT}")
+    return image
+
+
+def _as_tokens(model: CLIP, texts: Texts, truncate: bool) -> torch.Tensor:
+    """Strings or token ids (a tensor, an array, rows of ints) -> ids (N, <= context), checked row by row."""
+    strings = isinstance(texts, (list, tuple)) and all(isinstance(text, str) for text in texts)
+    if isinstance(texts, str) or strings:
+        if not texts:
+            raise ValueError("no texts given: pass at least one string")
+        return tokenize(texts, model.context_length, truncate)
+    if isinstance(texts, np.ndarray):
+        texts = torch.from_numpy(texts)
+    elif isinstance(texts, (list, tuple)):  # rows of ids, or a mistake such as a string beside a row
+        if any(isinstance(row, (str, bytes)) or not hasattr(row, "__len__") for row in texts):
+            kinds = ", ".join(sorted({type(row).__name__ for row in texts}))
+            raise TypeError("texts must be strings, or rows of token ids (a LongTensor (N, <= context) as "
+                            f"mini_clip.tokenize makes, or lists of ints), not a mix; got {kinds}")
+        try:
+            texts = torch.tensor([[int(i) for i in row] for row in texts])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"rows of token ids must be ints, all of one length (pad with 0): {e}") from None
+    if not isinstance(texts, torch.Tensor):
+        raise TypeError(f"texts must be a string, a list of strings or token ids; got {type(texts).__name__}")
+    if texts.is_floating_point() or texts.is_complex() or texts.dtype == torch.bool:
+        raise ValueError(f"token ids must be integers, got a {_dtype(texts)} tensor: pass the LongTensor "
+                         "that mini_clip.tokenize returns (or ids.long())")
+    tokens = texts.long()
+    context = model.context_length
+    if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] > context:
+        raise ValueError(f"expected token ids of shape (texts, <= {context}), at least one text, "
+                         f"got {tuple(tokens.shape)}")
+    vocab_size = model.token_embedding.num_embeddings
+    for j, row in enumerate(tokens):
+        outside = row[(row < 0) | (row >= vocab_size)]
+        if len(outside):
+            raise ValueError(f"text {j} has token id {int(outside[0])}, outside the model's vocabulary "
+                             f"[0, {vocab_size}): make ids with mini_clip.tokenize")
+        if not (row == EOT).any():
+            raise ValueError(f"text {j} has no end-of-text token ({EOT}); every row of token ids needs one, "
+                             "as mini_clip.tokenize makes")
     return tokens
 
 
-def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str, torch.Tensor],
+def relevance(model: CLIP, image: Images, texts: Texts,
               start_layer: Optional[int] = None, start_layer_text: Optional[int] = None,
               method: Optional[str] = None, signed: bool = False, truncate: bool = False) -> Relevance:
     """Explain every (image, text) pair.
 
     Args:
         model: a CLIP (its train/eval mode, requires_grad flags and .grad are left untouched).
-        image: preprocessed images (B, 3, R, R), or one image (3, R, R).
-        texts: strings (tokenized with the model's context), or token ids (N, <= context).
+        image: preprocessed images, a float tensor (B, 3, R, R) or one image (3, R, R), R the model's
+            `visual.input_resolution`; or a PIL image, a path, or a uint8 numpy array (H, W, 3), which go
+            through `mini_clip.preprocess(image, R)`; or a list of any of these (one batch). Refused with a
+            ValueError: integer tensors (raw pixels: preprocess them), tensors of another shape, an empty
+            batch, values that are not finite or not normalised (none below 0 and some above 10).
+        texts: a string or a list of strings (tokenized with the model's context), or token ids
+            (N, <= context): a LongTensor as mini_clip.tokenize makes, an integer numpy array, rows of ints.
+            Refused with a ValueError: no texts, float ids, ids outside [0, vocab_size), a row without
+            end-of-text.
         start_layer, start_layer_text: first block explained in each tower: -1 the last block only
             (the original's default), k blocks k..last, 0 all blocks; None: the weights' recommendation
             (`recommended(model)`) when it is for this method, else the method's default (DEFAULT_START).
@@ -218,11 +298,7 @@ def relevance(model: CLIP, image: torch.Tensor, texts: Union[Sequence[str], str,
         raise RuntimeError("relevance needs gradients: call it outside torch.inference_mode() (no_grad is fine)")
     device = model.positional_embedding.device
     tokens = _as_tokens(model, texts, truncate).to(device)
-    image = (image[None] if image.dim() == 3 else image).to(device)
-    size = model.visual.input_resolution
-    if image.dim() != 4 or tuple(image.shape[1:]) != (3, size, size):
-        raise ValueError(f"expected preprocessed images of shape (B, 3, {size}, {size}), got {tuple(image.shape)}: "
-                         f"use the preprocess that mini_clip.load returns (size {size})")
+    image = _as_images(image, model.visual.input_resolution).to(device)
     visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
     s_img = _start(start_layer, len(vblocks), method, "start_layer")
     s_txt = _start(start_layer_text, len(tblocks), method, "start_layer_text")

@@ -15,7 +15,10 @@ How a caption becomes token ids:
 from __future__ import annotations
 
 import gzip
+import heapq
 import html
+import numbers
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -34,6 +37,7 @@ SOT = 49406  # <|startoftext|>, second to last id
 EOT = 49407  # <|endoftext|>, last id; the text tower reads its feature at this position
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 CONTEXT_LENGTH = 77  # every released CLIP: 75 text tokens + start + end
+MAX_CACHED_WORD = 100  # characters: longer words are merged each time, not kept in the word cache
 
 # OpenAI's pre-tokenizer, verbatim: the specials first so that typed markers stay whole, contractions,
 # letter runs, one digit at a time (numbers are spelled digit by digit), runs of anything else but
@@ -89,6 +93,7 @@ class Tokenizer:
     def __init__(self, merges_path: Union[str, Path] = MERGES_PATH, cache_size: int = 1 << 16):
         lines = gzip.open(merges_path).read().decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 names the version
+        self.merges = merges  # rank -> pair
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}  # lower rank: learned, so merged, first
         byte_to_char = bytes_to_unicode()
         chars = list(byte_to_char.values())
@@ -105,6 +110,15 @@ class Tokenizer:
     def bpe(self, word: str) -> list[str]:
         """Split one word, spelled in byte characters, into vocabulary pieces (OpenAI's `bpe`).
 
+        OpenAI's loop finds the lowest-rank adjacent pair, merges all its occurrences left to right (without
+        overlaps), and scans the whole word again: quadratic, 12 s for one 32,000-letter word. Here the same
+        merges are made in the same order in O(n log n): the pieces form a linked list, and a heap holds every
+        adjacent pair that is in the merges, keyed (rank, position of its left piece). One round takes ALL
+        the entries of the lowest rank before merging any, as OpenAI's loop does. With CLIP's file this
+        changes nothing (a merge always ranks after those that make its pieces, so it cannot form a pair of
+        lower rank), but with any other merges file it does: for 'a b a b' with (ab, a) ranked before
+        (a, b), OpenAI gives 'ab ab', not 'aba b'.
+
         Args:
             word: a non-empty word, e.g. 'photo' or 'cafÃ©' ('é' is the two bytes 'Ã', '©').
         Returns:
@@ -112,21 +126,38 @@ class Tokenizer:
         """
         if word in SPECIALS:  # a typed marker is its own token (OpenAI seeds its bpe cache with these)
             return [word]
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            pair = min(zip(parts, parts[1:]), key=lambda p: self.ranks.get(p, float("inf")))
-            if pair not in self.ranks:  # no adjacent pair was ever learned: done
-                break
-            merged, i = [], 0
-            while i < len(parts):  # merge every occurrence of the pair, left to right, without overlaps
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return parts
+        # Pieces, each at the position of its first symbol (None: merged into the piece on its left).
+        parts: list = [*word[:-1], word[-1] + "</w>"]
+        after = [*range(1, len(parts)), None]  # linked list: the position of the next piece
+        before = [None, *range(len(parts) - 1)]
+        heap = [(self.ranks[pair], i) for i, pair in enumerate(zip(parts, parts[1:])) if pair in self.ranks]
+        heapq.heapify(heap)
+        while heap:
+            rank = heap[0][0]
+            round_ = [heapq.heappop(heap)[1]]
+            while heap and heap[0][0] == rank:
+                round_.append(heapq.heappop(heap)[1])  # positions in increasing order: left to right
+            first, second = self.merges[rank]
+            for i in round_:
+                j = after[i]
+                # Pieces only grow, so an entry whose pieces changed since it was pushed (an overlap merged
+                # just before, or an older pair) can never match again: skip it.
+                if parts[i] != first or j is None or parts[j] != second:
+                    continue
+                parts[i], parts[j] = first + second, None
+                after[i] = after[j]
+                if after[i] is not None:
+                    before[after[i]] = i
+                    self._push(heap, parts, i, after[i])
+                if before[i] is not None:
+                    self._push(heap, parts, before[i], i)
+        return [piece for piece in parts if piece is not None]
+
+    def _push(self, heap: list, parts: list, i: int, j: int) -> None:
+        """Queue the adjacent pieces at positions i, j if their pair is learned."""
+        rank = self.ranks.get((parts[i], parts[j]))
+        if rank is not None:
+            heapq.heappush(heap, (rank, i))
 
     def to_bytes(self, piece: str) -> bytes:
         """The bytes a piece spells, e.g. 'Ã©' -> 'é'.encode(); '</w>' is ASCII and spells itself."""
@@ -144,9 +175,17 @@ class Tokenizer:
         Returns:
             token ids in [0, 49408).
         """
+        return self._encode(text, sys.maxsize)
+
+    def _encode(self, text: str, limit: int) -> list[int]:
+        """`encode`, stopped after the word that brings the count to `limit` ids or more: BPE works within a
+        word, so the first ids never depend on the words after them."""
         ids: list[int] = []
         for word in PATTERN.findall(clean(text)):
-            ids.extend(self.word_ids(word))
+            # A long word is rarely seen twice, and the cache would keep it alive whatever its size.
+            ids.extend(self.word_ids(word) if len(word) <= MAX_CACHED_WORD else self._word_ids(word))
+            if len(ids) >= limit:
+                break
         return ids
 
     def pieces(self, text: str) -> list[str]:
@@ -200,21 +239,30 @@ class Tokenizer:
         """Token ids of texts, framed by start and end of text, zero padded (OpenAI's `clip.tokenize`).
 
         Args:
-            texts: one text or a list of texts.
-            context_length: tokens per row, start and end included.
+            texts: one text or a list of texts (an empty list gives an empty (0, context_length) tensor, as
+                OpenAI's does).
+            context_length: tokens per row, start and end included, an int >= 2.
             truncate: instead of raising, cut a text that is too long to `context_length` tokens and set
                 the last one to end of text (as OpenAI does).
         Returns:
             LongTensor [len(texts), context_length].
         Raises:
-            ValueError: a text is too long and `truncate` is False.
+            ValueError: a text is too long and `truncate` is False, or context_length < 2.
+            TypeError: a text that is not a str, or a context_length that is not an int.
         """
-        texts = [texts] if isinstance(texts, str) else texts
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                fix = "decode it first: text.decode('utf-8')" if isinstance(text, bytes) else "pass strings"
+                raise TypeError(f"text {i} is {type(text).__name__}, not str: {fix}")
+        if isinstance(context_length, bool) or not isinstance(context_length, numbers.Integral):
+            raise TypeError(f"context_length must be an int (the model's context); got {context_length!r}")
         if context_length < 2:
             raise ValueError(f"context_length must hold start and end of text (>= 2); got {context_length}")
         result = np.zeros((len(texts), context_length), dtype=np.int64)  # one tensor at the end, not per text
         for i, text in enumerate(texts):
-            ids = [SOT, *self.encode(text), EOT]
+            # Truncated, only the first context_length - 1 ids are kept: the words after them are not merged.
+            ids = [SOT, *self._encode(text, context_length - 1 if truncate else sys.maxsize), EOT]
             if len(ids) > context_length:
                 if not truncate:  # OpenAI raises RuntimeError("Input ... is too long ...")
                     raise ValueError(

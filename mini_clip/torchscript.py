@@ -5,17 +5,23 @@ TorchScript archives when `weights_only=True`. But the weights themselves are or
 `<name>/data.pkl`, a pickle of the module tree whose tensors point at raw storages `<name>/data/<key>`.
 This module unpickles `data.pkl` with an allow-list of three harmless callables (rebuild a tensor,
 rebuild a parameter, make an OrderedDict); every scripted module class becomes an inert record, and
-any other global in the pickle is refused. Nothing in the archive is executed.
+any other global in the pickle is refused. Nothing in the archive is executed. Every read is bounded
+first by what the records declare (see archive.py): a storage entry must declare exactly the bytes its
+record says, each storage is read once however often it is named, and no tensor may view more elements
+than its storage holds.
 """
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import zipfile
 from typing import Any
 
 import torch
+
+from .archive import UnsafeArchiveError, read_entry
 
 # The legacy storage class names pickles use to say a storage's element type.
 STORAGE_DTYPES = {
@@ -23,10 +29,6 @@ STORAGE_DTYPES = {
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
-
-
-class UnsafeArchiveError(ValueError):
-    """The archive's pickle asks for something other than tensors and plain containers."""
 
 
 class _ScriptedModule:
@@ -37,8 +39,18 @@ class _ScriptedModule:
 
 
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_ignored) -> torch.Tensor:
-    """torch._utils._rebuild_tensor_v2 for a flat tensor standing in for the storage."""
-    return storage.as_strided(tuple(size), tuple(stride), offset)
+    """torch._utils._rebuild_tensor_v2 for a flat tensor standing in for the storage.
+
+    A weights tensor never holds more elements than its storage: a larger one (strides of 0, overlapping
+    rows) would make memory out of nothing when copied, so it is refused.
+    """
+    size, stride = tuple(size), tuple(stride)
+    if not all(type(n) is int and n >= 0 for n in (offset, *size, *stride)) or len(size) != len(stride):
+        raise UnsafeArchiveError(f"a tensor record has offset {offset!r:.20}, size {size!r:.40}, stride "
+                                 f"{stride!r:.40}; expected whole numbers, one stride per dimension")
+    if math.prod(size) > storage.numel():
+        raise UnsafeArchiveError(f"a tensor of size {size!r:.60} views a storage of {storage.numel()} elements")
+    return storage.as_strided(size, stride, offset)
 
 
 def _rebuild_parameter(data: torch.Tensor, *_ignored) -> torch.Tensor:
@@ -49,6 +61,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
         super().__init__(io.BytesIO(data))
         self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, torch.Tensor] = {}  # read once each, however many tensors name them
 
     def find_class(self, module: str, name: str):
         if module == "__torch__" or module.startswith("__torch__."):
@@ -67,9 +80,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         # ('storage', dtype, key, location, numel): a flat tensor over the bytes of data/<key>
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
             raise UnsafeArchiveError(f"unexpected persistent id {pid!r:.80}")
-        dtype, key = pid[1], pid[2]
-        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
-        return torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        dtype, key, numel = pid[1], pid[2], pid[4]
+        if not (isinstance(key, str) and key.isdigit() and type(numel) is int and numel >= 0):
+            raise UnsafeArchiveError(f"a storage record names {key!r:.40} with {numel!r:.40} elements; "
+                                     "torch writes a number and a count")
+        if key in self.storages and self.storages[key].dtype != dtype:
+            raise UnsafeArchiveError(f"storage {key} is named with two element types")
+        if key not in self.storages:
+            size = numel * torch.empty(0, dtype=dtype).element_size()
+            raw = bytearray(read_entry(self.archive, f"{self.prefix}data/{key}", size))
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self.storages[key]
 
 
 def is_torchscript(archive: zipfile.ZipFile) -> bool:
@@ -93,7 +114,7 @@ def read_torchscript(archive: zipfile.ZipFile) -> dict[str, torch.Tensor]:
         raise ValueError("a TorchScript archive has exactly one <name>/data.pkl; this one has "
                          f"{len(pickles)}")
     prefix = pickles[0][: -len("data.pkl")]
-    root = _RestrictedUnpickler(archive.read(pickles[0]), archive, prefix).load()
+    root = _RestrictedUnpickler(read_entry(archive, pickles[0]), archive, prefix).load()
     if not isinstance(root, (_ScriptedModule, dict)):
         raise ValueError(f"its data.pkl holds a {type(root).__name__}, not a module")
     state: dict[str, torch.Tensor] = {}

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
@@ -25,10 +26,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
 from . import hf
+from .archive import MAX_INFLATION, UnsafeArchiveError, check_pickles, check_zip, read_entry
 from .image import preprocess
-from .model import CLIP, CLIPConfig
+from .model import CLIP, PRESETS, CLIPConfig, summary
 from .relevance import check_recommended, recommended
-from .torchscript import UnsafeArchiveError, is_torchscript, read_torchscript
+from .torchscript import is_torchscript, read_torchscript
 
 PathLike = Union[str, os.PathLike]
 # Entries of OpenAI's TorchScript models that are not weights (OpenAI's build_model deletes them too).
@@ -53,25 +55,32 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         raise WeightsError(f"{path}: damaged safetensors file ({e})") from None
 
 
-def _read_torch_file(path: Path) -> dict:
-    """A torch.save file or a TorchScript archive, without executing code from it."""
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                if is_torchscript(archive):
-                    return read_torchscript(archive)
-        except UnsafeArchiveError as e:
-            raise WeightsError(f"{path}: refused: {e}; it may be crafted to run code, so it was not loaded") from None
-        except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
-                TypeError, AttributeError) as e:  # what a damaged archive or pickle makes the reader raise
-            raise WeightsError(f"{path}: damaged TorchScript archive ({e.__class__.__name__}: {e})") from None
+def _read_torch_file(path: Path) -> tuple[object, bool]:
+    """A torch.save file or a TorchScript archive, without executing code from it.
+
+    Returns (what it holds, whether it is a TorchScript archive). Before torch.load sees a file, its zip
+    sizes are bounded and its pickles scanned for globals (archive.py): a crafted file is told from a
+    damaged one by what it asks for, not by the wording of torch's errors.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # the allow-list refused a callable
-            raise WeightsError(f"{path}: refused: its pickle asks for more than tensors and plain containers, "
-                               "so it may be crafted to run code; it was not loaded") from None
-        raise WeightsError(f"{path}: not a checkpoint ({EXPECTED})") from None
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                check_zip(archive, path.stat().st_size)
+                if is_torchscript(archive):
+                    return read_torchscript(archive), True
+                for name in archive.namelist():  # torch.save's <name>/data.pkl
+                    if name.endswith("data.pkl"):
+                        check_pickles(read_entry(archive, name), count=1)
+        else:
+            with open(path, "rb") as f:
+                check_pickles(f)
+    except UnsafeArchiveError as e:
+        raise WeightsError(f"{path}: refused: {e}; it may be crafted, so it was not loaded") from None
+    except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
+            TypeError, AttributeError, OSError) as e:  # what a damaged archive or pickle makes the reader raise
+        raise WeightsError(f"{path}: damaged archive ({e.__class__.__name__}: {str(e)[:200]})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), False
     except Exception as e:  # garbage bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
         raise WeightsError(f"{path}: not a checkpoint or damaged ({EXPECTED}; torch said: {str(e)[:200]})") from None
 
@@ -92,16 +101,43 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[CLIPConfig], dict]:
+def _config_from_metadata(text: str, path: Path) -> CLIPConfig:
+    try:
+        return CLIPConfig.from_dict(json.loads(text))
+    except (ValueError, TypeError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise WeightsError(f"{path}: damaged config in the metadata ({str(e)[:300]})") from None
+
+
+def _check_bytes(sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """The tensors of a file hold at most what its bytes can (MAX_INFLATION allows a compressed zip): a
+    tensor that views more elements than it stores (strides of 0, shared storage) is refused before a
+    copy of it (to another dtype or device) can make memory out of nothing."""
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    if total > MAX_INFLATION * path.stat().st_size:
+        raise WeightsError(f"{path}: refused: its tensors hold {total} bytes, {total // path.stat().st_size}x "
+                           "the file's size; weights are stored, not repeated, so it may be crafted")
+
+
+def _warn_openai_rules(path: Path, config: CLIPConfig) -> None:
+    warnings.warn(f"{path} states no architecture, so it is read by OpenAI's rules (heads = width // 64: "
+                  f"{config.vision_heads} image and {config.transformer_heads} text heads; QuickGELU; LayerNorm "
+                  "eps 1e-5); if it was trained otherwise its outputs are wrong: build it with its true "
+                  "CLIPConfig (mini_clip.weights.build) and mini_clip.save it once to a .safetensors that states "
+                  "it", UserWarning, stacklevel=3)
+
+
+def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], CLIPConfig, dict]:
     """Read any supported checkpoint.
 
     Returns:
-        (state dict with OpenAI's key names, the config if the file states one else None, metadata dict).
+        (state dict with OpenAI's key names, config, metadata dict). The config is the one the file states
+        (mini_clip .safetensors, Hugging Face config.json) or else the one OpenAI's build_model reads from
+        the shapes; for a file other than OpenAI's own TorchScript archives, that guess warns (UserWarning).
     Raises:
         WeightsError: missing, unreadable, unsafe or not a CLIP checkpoint.
     """
     path = Path(path)
-    config, metadata = None, {}
+    config, metadata, openais = None, {}, False
     if path.is_dir():
         if not (path / "config.json").exists():
             raise WeightsError(f"{path}: a directory without config.json ({EXPECTED})")
@@ -110,30 +146,57 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[C
             raise WeightsError(f"{path}: Hugging Face directory without model.safetensors or pytorch_model.bin")
         try:
             config = hf.config_from_hf(path / "config.json")
-        except (ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"{path / 'config.json'}: {e}") from None
+        except (ValueError, OSError, RecursionError) as e:
+            raise WeightsError(f"{path / 'config.json'}: {str(e)[:300]}") from None
         path = files[0]
-    if not path.exists():
+    if not path.is_file():
         raise WeightsError(f"{path}: no such file ({EXPECTED})")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file ({EXPECTED})")
     if _is_safetensors(path):
         sd, metadata = _read_safetensors(path)
         if "config" in metadata:
-            try:
-                config = CLIPConfig(**json.loads(metadata["config"]))
-            except (ValueError, TypeError) as e:
-                raise WeightsError(f"{path}: damaged config in the metadata ({e})") from None
+            config = _config_from_metadata(metadata["config"], path)
     else:
-        sd = _unwrap(_read_torch_file(path), path)
+        obj, openais = _read_torch_file(path)
+        sd = _unwrap(obj, path)
     sd = {k: v for k, v in sd.items() if k not in NOT_WEIGHTS}
+    _check_bytes(sd, path)
     if hf.is_hf_state_dict(sd):
         if config is None:
             raise WeightsError(f"{path}: Hugging Face weights need their config.json: pass the model directory")
-        hf_sd = sd
-        sd, unused = hf.convert_hf_state_dict(hf_sd, _shapes(config).keys())
-        sd.update({k: hf_sd[k] for k in unused})  # reported as unexpected, under their Hugging Face names
+        try:
+            converted, unused = hf.convert_hf_state_dict(sd)
+        except ValueError as e:
+            raise WeightsError(f"{path}: {e}") from None
+        sd = {**converted, **{k: sd[k] for k in unused}}  # unused ones reported as unexpected, by their names
+    if config is None:
+        config = _openai_config(sd, str(path))
+        if not openais:
+            _warn_openai_rules(path, config)
     return sd, config, metadata
+
+
+def _openai_config(sd: Mapping[str, torch.Tensor], source: str) -> CLIPConfig:
+    try:
+        return CLIPConfig.from_state_dict(sd)
+    except ValueError as e:
+        raise WeightsError(f"{source}: not a CLIP ViT checkpoint ({str(e)[:300]}); {EXPECTED}") from None
+
+
+def check_config(sd: Mapping[str, torch.Tensor], config: CLIPConfig, source: str) -> None:
+    """Raise one WeightsError if the config disagrees with what the tensors' shapes say (all but the heads).
+
+    Checked before anything is built, so a config that lies (20000 layers) costs nothing.
+    """
+    try:
+        sizes = CLIPConfig.sizes_from_state_dict(sd)
+    except ValueError as e:
+        raise WeightsError(f"{source}: not a CLIP ViT checkpoint ({str(e)[:300]}); {EXPECTED}") from None
+    wrong = [f"{k} is {getattr(config, k)} in the config, {v} in the tensors" for k, v in sizes.items()
+             if getattr(config, k) != v]
+    if wrong:
+        raise WeightsError(f"{source}: its config does not fit its tensors: {summary(wrong, 4)}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -150,7 +213,7 @@ def check_state_dict(sd: Mapping[str, torch.Tensor], config: CLIPConfig, source:
     unexpected = [k for k in sd if k not in expected]
     misshaped = [f"{k} is {tuple(sd[k].shape)}, expected {s}" for k, s in expected.items()
                  if k in sd and tuple(sd[k].shape) != s]
-    problems = [f"{label} ({len(items)}): {', '.join(items)}" for label, items in
+    problems = [f"{label} ({len(items)}): {summary(items)}" for label, items in
                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)) if items]
     if problems:
         raise WeightsError(f"{source}: does not fit a CLIP {config}: " + "; ".join(problems))
@@ -158,12 +221,14 @@ def check_state_dict(sd: Mapping[str, torch.Tensor], config: CLIPConfig, source:
 
 def build(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None, source: str = "state dict",
           device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> CLIP:
-    """A CLIP in eval mode from a state dict in OpenAI's names, loaded strictly."""
+    """A CLIP in eval mode from a state dict in OpenAI's names, loaded strictly.
+
+    config: the architecture; None reads it from the shapes by OpenAI's rules (CLIPConfig.from_state_dict).
+    The config is checked against the shapes, then every key and shape, before anything is built.
+    """
     if config is None:
-        try:
-            config = CLIPConfig.from_state_dict(sd)
-        except (KeyError, ValueError, IndexError) as e:
-            raise WeightsError(f"{source}: not a CLIP ViT checkpoint ({e!s:.120}); {EXPECTED}") from None
+        config = _openai_config(sd, source)
+    check_config(sd, config, source)
     check_state_dict(sd, config, source)
     for k, v in sd.items():
         if not v.is_floating_point():
@@ -196,12 +261,13 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
         if not path.exists():
             raise WeightsError(f"{path}: the embedded default model is missing; reinstall mini_clip from its "
                                "repository (pip install -e .) or pass a weights file")
-    elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
-        from .download import fetch  # imported here: download imports this module
-        from .model import PRESETS
-        if path not in PRESETS:
-            raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
+    elif isinstance(path, str) and path in PRESETS:
+        # A name means the model, as in clip.load, even where a folder of that name exists ("./ViT-B/32" is
+        # the folder). Imported here: download imports this module.
+        from .download import fetch
         path = fetch(path)  # downloaded, verified and converted once, then read from the cache
+    elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
+        raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
     sd, config, metadata = read_checkpoint(path)
     model = build(sd, config, str(path), device, dtype)
     if "explain" in metadata:  # the settings its model is best explained with (see relevance.recommended)
