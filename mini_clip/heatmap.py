@@ -182,8 +182,9 @@ def contact_sheet(original: Image.Image, overlays: list[Image.Image], titles: li
     rows = -(-len(pictures) // columns)
     footer = [f"+ {len(overlays) - len(drawn)} more texts, not drawn here: see their overlay files"] \
         if len(overlays) > len(drawn) else []
-    footer.append("words: relevance / the text's largest |relevance| (1.00: the word that mattered most); "
-                  "blue: against the text")
+    against = any(value is not None and value < 0 for rows in word_rows for _, value in rows)
+    footer.append("words: relevance / the text's largest |relevance| (1.00: the word that mattered most)"
+                  + ("; blue: against the text" if against else ""))
     width = GAP + columns * (PANEL + GAP)
     sheet = Image.new("RGB", (width, GAP + rows * row_height + LINE * len(footer)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
