@@ -2,31 +2,49 @@
 
 Prints, per image, the texts' probabilities and logits (best first) and the words that mattered; writes,
 per (image, text), the relevance map over the original photo, and one contact sheet per image.
-Arguments, texts and weights are checked before any image is read, so a usage error writes nothing.
+Arguments, texts, device and weights are checked before any image is read, so a usage error writes nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import signal
+import stat
 import sys
 import tempfile
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Optional
 
-from .heatmap import contact_sheet, overlay
+import torch
+
+from .heatmap import contact_sheet, overlay, word_scale
 from .image import ImageError, load_image, preprocess
+from .outputs import (DONE, RESULTS, SHEET, OutputError, finished, folder_names, image_folder, overlay_name,
+                      remove_stale, stamp, weights_stamp, write)
 from .relevance import METHODS, Relevance, relevance
 from .tokenizer import default_tokenizer, tokenize
-from .weights import WeightsError, atomic_write, load
+from .weights import WeightsError, load
 
-DONE = "result.json"  # per-image record, written after its pictures
+MAX_TEXTS_FILE = 16 << 20  # bytes: a texts file is labels, not a corpus
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 EXAMPLE = """example:
   python -m mini_clip.explain photo.jpg --text "a dog" --text "a cat" --out explain-out
-  python -m mini_clip.explain a.jpg b.png --texts-file labels.txt --json --out results/"""
+  python -m mini_clip.explain a.jpg b.png --texts-file labels.txt --json --out results/
+
+outputs: OUT/results.json, and per image a folder OUT/NAME/ with sheet.png, result.json and one overlay per
+  text (01-a-dog.png, ...). NAME is the image's file name without its suffix, made safe (path separators,
+  control characters and leading dots replaced or removed, at most 120 bytes); when two inputs' names
+  clash (ignoring case), or a name is reserved (results.json), each of those gets -HASH, the first 8 hex
+  digits of the SHA-256 of its absolute path. The same inputs give the same folders on every run.
+--resume skips an image only if its result.json records the same image file (absolute path, size,
+  modification time), the same weights file (path, size, modification time), texts, --method,
+  --start-layer(-text), --signed and --truncate, and every file it lists exists; otherwise it is redone.
+  A (re)done image's folder keeps only the current outputs: the tool's own stale overlays are removed.
+word scores (terminal and sheet): relevance / the text's largest |relevance|, in [-1, 1]; with --signed,
+  negative scores (evidence against the text) get '-' bars in the terminal and blue shades on the sheet."""
 
 
 class UsageError(Exception):
@@ -49,11 +67,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--method", choices=METHODS, default="chefer")
     p.add_argument("--start-layer", type=int, help="first image block explained: -1 last only (default), 0 all")
     p.add_argument("--start-layer-text", type=int, help="first text block explained: -1 last only (default), 0 all")
-    p.add_argument("--signed", action="store_true", help="keep negative evidence (chefer only)")
+    p.add_argument("--signed", action="store_true", help="keep negative evidence (chefer only; see word scores)")
     p.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context")
     p.add_argument("--out", type=Path, default=Path("explain-out"), help="output directory (default: explain-out)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    p.add_argument("--resume", action="store_true", help="skip images whose outputs are all there already")
+    p.add_argument("--resume", action="store_true", help="skip images finished before with the same image, weights, texts and "
+                                                        "settings (see below)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -63,11 +82,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.text)
     if args.texts_file is not None:
-        try:
-            texts += [line.rstrip("\r\n") for line in args.texts_file.read_text(encoding="utf-8").splitlines()
-                      if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"--texts-file {args.texts_file}: cannot read it ({e.__class__.__name__}: {e})") from None
+        texts += read_texts_file(args.texts_file)
     if not texts:
         raise UsageError("no text given: add --text \"a photo of a dog\" (repeatable) or --texts-file FILE")
     for k, text in enumerate(texts):
@@ -76,19 +91,64 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def read_texts_file(path: Path) -> list[str]:
+    """The file's non-blank lines. Only a regular file is read (a FIFO or device would block or never end),
+    up to MAX_TEXTS_FILE bytes; a UTF-8 byte order mark, as some editors write, is not part of the text."""
+    where = f"--texts-file {path}"
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{where}: not a regular file; give a text file with one text per line")
+        if info.st_size > MAX_TEXTS_FILE:
+            raise UsageError(f"{where}: {info.st_size} bytes, more than the {MAX_TEXTS_FILE} allowed")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXTS_FILE + 1)
+        lines = data[:MAX_TEXTS_FILE].decode("utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{where}: cannot read it ({e.__class__.__name__}: {e})") from None
+    return [line for line in lines if line.strip()]
+
+
+def check_device(name: str) -> None:
+    """A device this build of torch can hold tensors on, or a UsageError naming the ones it can."""
+    available = ["cpu", *(f"cuda:{k}" for k in range(torch.cuda.device_count()))]
+    available += ["mps"] if torch.backends.mps.is_available() else []
+    hint = f"devices available here: {', '.join(available)}"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a torch device name; {hint}") from None
+    if device.type == "meta":
+        raise UsageError(f"--device meta holds no data, so nothing can be computed on it; {hint}")
+    try:
+        torch.empty(1, device=device)
+    except Exception:  # "not compiled with CUDA" is an AssertionError, "invalid device" a RuntimeError, ...
+        raise UsageError(f"--device {name} is not available in this torch build or on this machine; {hint}") \
+            from None
+
+
 def find_images(paths: list[str]) -> list[Path]:
-    """Files as given (checked later, one by one), and the images inside directories, sorted."""
-    found = []
+    """Files as given (checked later, one by one), and the images inside directories, sorted; each file
+    once (the same file twice, or via a directory and by name, would be explained twice into one folder)."""
+    found, seen = [], set()
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         else:
-            found.append(path)
+            inside = [path]
+        for p in inside:
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                found.append(p)
     return found
 
 
-def slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "text"
+def printable(text: str) -> str:
+    """One line with nothing a terminal acts on: control, format and lone surrogate characters (a newline,
+    an escape sequence, a right-to-left override, an undecodable byte of a file name) escaped as Python
+    writes them ('\\n', '\\x1b', '\\u202e', '\\udcff')."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" else c
+                   for c in text)
 
 
 def check_writable(out: Path) -> None:
@@ -101,55 +161,102 @@ def check_writable(out: Path) -> None:
 
 
 def bar(value: float, width: int = 20) -> str:
-    full = round(max(0.0, min(1.0, value)) * width)
-    return "#" * full + "." * (width - full)
+    """|value| (in [-1, 1]) as a bar of `width`: '#' for evidence for the text, '-' for evidence against."""
+    full = round(min(1.0, abs(value)) * width)
+    return ("#" if value >= 0 else "-") * full + "." * (width - full)
 
 
 def report(name: str, rel: Relevance, texts: list[str]) -> str:
-    """The terminal table for one image: texts best first, then each text's tokens with bars."""
-    lines = [f"{name}", f"  {'prob':>7}  {'logit':>8}  text"]
+    """The terminal table for one image: texts best first, then each text's words with bars."""
     order = sorted(range(len(texts)), key=lambda j: -float(rel.probs[0, j]))
+    if len(texts) == 1:  # the probability says nothing: the logit first
+        lines = [printable(name), f"  {'logit':>8}  {'prob':>7}  text",
+                 f"  {float(rel.logits[0, 0]):8.3f}  {float(rel.probs[0, 0]):7.2%}  {printable(texts[0])}",
+                 "  (one text: a softmax over the texts given is always 100 %; compare logits, or add texts)"]
+    else:
+        lines = [printable(name), f"  {'prob':>7}  {'logit':>8}  text"]
+        lines += [f"  {float(rel.probs[0, j]):7.2%}  {float(rel.logits[0, j]):8.3f}  {printable(texts[j])}"
+                  for j in order]
+    lines.append("  words: relevance / the text's largest |relevance| ('-' bars: evidence against the text)")
     for j in order:
-        lines.append(f"  {float(rel.probs[0, j]):7.2%}  {float(rel.logits[0, j]):8.3f}  {texts[j]}")
-    for j in order:
-        scores = rel.text[j][0]
-        total = float(scores.sum()) or 1.0  # shown divided by their sum, as the original notebook
-        lines.append(f"  words for {texts[j]!r}:")
-        lines += [f"    {label:>14} {bar(float(s) / total)} {float(s) / total:5.2f}"
-                  for label, s in zip(rel.labels[j], scores)]
+        lines.append(f"  words for '{printable(texts[j])}':")
+        lines += [f"    {printable(label):>14} {bar(v)} {v:5.2f}"
+                  for label, v in zip(rel.labels[j], word_scale(rel.text[j][0].numpy()))]
     return "\n".join(lines)
 
 
-def explain_one(path: Path, folder: Path, model, texts, tokens, args) -> tuple[dict, Relevance]:
+def explain_one(path: Path, folder: Path, model, texts, tokens, args, expected: dict
+                ) -> tuple[dict, Relevance]:
     """Explain one image; write its overlays and sheet; return its JSON record and its Relevance."""
     original = load_image(path)
     x, geometry = preprocess(original, model.config.image_resolution, return_geometry=True)
     rel = relevance(model, x[None], tokens, args.start_layer, args.start_layer_text, args.method, args.signed)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / DONE).unlink(missing_ok=True)  # unfinished from here on, until the new record is written
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot use it for this image's outputs ({e.strerror or e})") \
+            from None
     records, overlays, titles, words = [], [], [], []
     for j, text in enumerate(texts):
         grid = rel.image[0, j].numpy()
         picture = overlay(original, grid, geometry)
-        target = folder / f"{j + 1:02d}-{slug(text)}.png"
-        atomic_write(target, lambda f: picture.save(f, format="PNG"))
+        target = folder / overlay_name(j, text)
+        write(target, lambda f: picture.save(f, format="PNG"))
         pairs = [(label, float(s)) for label, s in zip(rel.labels[j], rel.text[j][0])]
         overlays.append(picture)
-        titles.append(f"{text}  p={float(rel.probs[0, j]):.2f}")
-        words.append(pairs)
-        records.append({"text": text, "logit": float(rel.logits[0, j]), "prob": float(rel.probs[0, j]),
+        logit, prob = float(rel.logits[0, j]), float(rel.probs[0, j])
+        score = f"  logit={logit:.2f}" if len(texts) == 1 else f"  p={prob:.2f}"  # one text: p is always 1
+        titles.append((printable(text), score))
+        words.append([(printable(label), s) for label, s in pairs])
+        records.append({"text": text, "logit": logit, "prob": prob,
                         "grid": grid.tolist(), "tokens": [{"token": t, "relevance": s} for t, s in pairs],
                         "overlay": str(target)})
-    sheet = folder / "sheet.png"
+    sheet = folder / SHEET
     picture = contact_sheet(original, overlays, titles, words)
-    atomic_write(sheet, lambda f: picture.save(f, format="PNG"))
+    write(sheet, lambda f: picture.save(f, format="PNG"))
+    remove_stale(folder, {Path(r["overlay"]) for r in records})
     record = {"image": str(path), "width": original.width, "height": original.height,
-              "crop_box": list(geometry.crop_box()), "texts": records, "sheet": str(sheet)}
-    atomic_write(folder / DONE, lambda f: f.write(json.dumps(record).encode()))  # written last: marks the image as finished for --resume
+              "crop_box": list(geometry.crop_box()), "texts": records, "sheet": str(sheet), "stamp": expected}
+    write(folder / DONE, lambda f: f.write(json.dumps(record).encode()))  # last: marks the image finished
     return record, rel
+
+
+class Progress:
+    """'[n/N] image' on one terminal line (stderr), rewritten in place and erased before anything else is
+    printed, so it never runs into a result or an error line."""
+
+    ERASE = "\r\033[K"  # carriage return, then erase to the end of the line
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.shown = total, enabled, False
+
+    def show(self, n: int, path: Path) -> None:
+        if not self.enabled:
+            return
+        try:
+            columns = os.get_terminal_size(sys.stderr.fileno()).columns or 80
+        except OSError:
+            columns = 80
+        line = f"[{n}/{self.total}] {printable(str(path))}"
+        if len(line) >= columns:  # a wrapped line could not be erased: keep the end of the path
+            line = "…" + line[len(line) - columns + 2:]
+        print(self.ERASE + line, end="", file=sys.stderr, flush=True)
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            print(self.ERASE, end="", file=sys.stderr, flush=True)
+            self.shown = False
+
+
+def error(message: str) -> None:
+    print(f"mini_clip.explain: error: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     texts = read_texts(args)
+    check_device(args.device)
     if args.signed and args.method != "chefer":
         raise UsageError(f"--signed works with --method chefer only, not {args.method}")
     with warnings.catch_warnings(record=True) as caught:  # the loader's warnings, as one line each
@@ -159,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"mini_clip.explain: warning: {w.message}", file=sys.stderr)
     for k, text in enumerate(texts):
         n = len(default_tokenizer().encode(text)) + 2  # + start and end of text
+        if n == 2:
+            raise UsageError(f"text {k + 1} ({text[:30]!r}) has no words the tokenizer keeps (only control "
+                             "characters?): give it some words")
         if n > model.context_length and not args.truncate:
             raise UsageError(f"text {k + 1} ({text[:30]!r}...) has {n} tokens; the model's context is "
                              f"{model.context_length} (use --truncate to cut it)")
@@ -173,44 +283,66 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no images found in {' '.join(args.images)}")
     created = not args.out.exists()
     check_writable(args.out)
-    results, failures, used = [], 0, set()
-    progress = len(images) > 1 and sys.stderr.isatty() and not args.quiet
-    for n, path in enumerate(images, 1):
-        name = path.stem if path.stem not in used else f"{path.stem}-{n}"
-        used.add(name)
-        folder = args.out / name
-        if progress:
-            print(f"\r[{n}/{len(images)}] {path}", end="", file=sys.stderr, flush=True)
-        if args.resume and (folder / DONE).exists():
-            record = json.loads((folder / DONE).read_text(encoding="utf-8"))
-            if [t["text"] for t in record["texts"]] == texts:  # finished with other texts: do it again
-                results.append(record)
-                continue
+    weights = weights_stamp(args.weights)
+    results, failures = [], 0
+    progress = Progress(len(images), len(images) > 1 and sys.stderr.isatty() and not args.quiet)
+    for n, (path, name) in enumerate(zip(images, folder_names(images)), 1):
+        progress.show(n, path)
         try:
-            record, rel = explain_one(path, folder, model, texts, tokens, args)
-        except ImageError as e:
+            record, rel = explain_image(path, name, model, texts, tokens, args, weights)
+        except (ImageError, OutputError) as e:
             failures += 1
-            print(f"{chr(10) if progress else ''}mini_clip.explain: error: {e}", file=sys.stderr)
+            progress.clear()
+            error(str(e))
             continue
         results.append(record)
-        if not args.json and not args.quiet:
+        if rel is not None and not args.json and not args.quiet:
+            progress.clear()
             print(report(str(path), rel, texts) + "\n", flush=True)
-    if progress:
-        print(file=sys.stderr)
+    progress.clear()
     settings = {"weights": args.weights or "embedded scenes model", "method": args.method,
                 "start_layer": rel_setting(args.start_layer), "start_layer_text": rel_setting(args.start_layer_text),
                 "signed": args.signed, "truncate": args.truncate}
     document = json.dumps({"settings": settings, "results": results}, indent=1)
+    written = True
     if results:  # nothing explained: leave --out as it was
-        atomic_write(args.out / "results.json", lambda f: f.write(document.encode()))
-    elif created:
+        try:
+            write(args.out / RESULTS, lambda f: f.write(document.encode()))
+        except OutputError as e:
+            written = False
+            error(str(e))
+    elif created and not any(args.out.iterdir()):
         args.out.rmdir()
     if args.json:
         print(document)
     if failures and len(images) > 1:  # for one image, its own error line says it all
-        print(f"mini_clip.explain: error: {failures} of {len(images)} images could not be explained (see above)",
-              file=sys.stderr)
-    return 1 if failures else 0
+        error(f"{failures} of {len(images)} images could not be explained (see above)")
+    return 1 if failures or not written else 0
+
+
+def explain_image(path: Path, name: str, model, texts, tokens, args, weights: dict
+                  ) -> tuple[dict, Optional[Relevance]]:
+    """One image: its record from a finished earlier run (--resume; no Relevance then), or explained now."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # missing or unreadable: load_image says which
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: not a regular file (a FIFO, device or socket is not read as an image)")
+    folder = image_folder(args.out, name)
+    expected = stamp(path, texts, weights, resume_settings(args)) if mode is not None else None
+    if args.resume and expected is not None:
+        outputs = [folder / SHEET, *(folder / overlay_name(j, t) for j, t in enumerate(texts))]
+        record = finished(folder, expected, outputs)
+        if record is not None:
+            return record, None
+    return explain_one(path, folder, model, texts, tokens, args, expected)
+
+
+def resume_settings(args: argparse.Namespace) -> dict:
+    """The settings an image's outputs depend on, as recorded for --resume."""
+    return {"method": args.method, "start_layer": args.start_layer, "start_layer_text": args.start_layer_text,
+            "signed": args.signed, "truncate": args.truncate}
 
 
 def rel_setting(value: Optional[int]) -> str | int:
@@ -224,17 +356,20 @@ def _terminate(signum, frame):
 def main(argv: Optional[list[str]] = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _terminate)
+    for stream in (sys.stdout, sys.stderr):  # a text or file name the terminal's encoding lacks: escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return run(parse_args(argv))
     except UsageError as e:
         if debug:
             raise
-        print(f"mini_clip.explain: error: {e}", file=sys.stderr)
+        error(str(e))
         return 2
-    except (WeightsError, ImageError, OSError, ValueError) as e:
+    except (WeightsError, ImageError, OutputError, OSError, ValueError) as e:
         if debug:
             raise
-        print(f"mini_clip.explain: error: {e}", file=sys.stderr)
+        error(str(e))
         return 1
     except KeyboardInterrupt:
         print("mini_clip.explain: interrupted; finished outputs are complete; rerun with --resume to do the rest",

@@ -12,6 +12,8 @@ colour-blind readers; JET's bright cyan and yellow bands in the middle of the ra
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -95,41 +97,111 @@ def overlay(original: Image.Image, grid: np.ndarray, geometry: CropGeometry, alp
     return Image.fromarray(np.rint(out).astype(np.uint8), "RGB")
 
 
-def _fit(image: Image.Image, height: int) -> Image.Image:
-    return image.resize((max(1, round(image.width * height / image.height)), height), Image.BILINEAR)
+# The contact sheet's layout. Every size below is fixed, so the sheet is bounded whatever the photo's aspect
+# ratio and however many texts are given: at most SHEET_TEXTS panels of PANEL x PANEL pixels, COLUMNS a row.
+PANEL = 256  # each picture fits a PANEL x PANEL box, aspect kept, at least 1 pixel a side
+COLUMNS = 6  # panels per row (the photo, then one per text), rows wrap
+SHEET_TEXTS = 47  # texts drawn on one sheet (8 rows); the rest only as overlay files, as the sheet says
+WORD_ROWS = 12  # words listed under a panel; more are counted on a last row ("... 5 more")
+GAP = 8  # pixels between panels and around the sheet
+LINE = 14  # pixels per text line of PIL's default font, with spacing
+BACKGROUND = (24, 24, 24)
+INK = (235, 235, 235)
+AGAINST = (90, 160, 255)  # words that speak against the text (signed scores): a cool blue, not on inferno
 
 
-def contact_sheet(original: Image.Image, overlays: list[Image.Image], titles: list[str],
-                  tokens: list[list[tuple[str, float]]], height: int = 256) -> Image.Image:
-    """The photo, then one overlay per text titled with its text and probability, and under each overlay
-    the prompt's tokens shaded by their relevance (divided by the text's largest, in the maps' colours).
+def word_scale(scores) -> np.ndarray:
+    """Word relevance divided by the text's largest |relevance|: values in [-1, 1], 1 (or -1) for the word that
+    mattered most, the sign kept (negative: evidence against the text, with signed=True). All zero stays zero.
+    The one scale for words, in the terminal and on the sheet."""
+    scores = np.asarray(scores, dtype=np.float64)
+    top = np.abs(scores).max() if scores.size else 0.0
+    return scores / top if top > 0 else np.zeros_like(scores)
+
+
+def word_colour(value: float) -> tuple[int, int, int]:
+    """A word's shade for a `word_scale` value: inferno for evidence for the text, a blue ramp from the
+    background for evidence against it, so the two never look alike."""
+    if value >= 0:
+        return tuple(int(c) for c in colormap(np.array(value)))
+    return tuple(round(b + min(1.0, -value) * (a - b)) for a, b in zip(AGAINST, BACKGROUND))
+
+
+def fit(image: Image.Image, box: int = PANEL) -> Image.Image:
+    """The image scaled to fit a box x box square, aspect ratio kept, at least 1 pixel on each side."""
+    scale = box / max(image.width, image.height)
+    size = (max(1, min(box, round(image.width * scale))), max(1, min(box, round(image.height * scale))))
+    return image.resize(size, Image.BILINEAR)
+
+
+def clip_text(text: str, font, width: float, keep: str = "") -> str:
+    """`text` + `keep` cut with an ellipsis so that it is at most `width` pixels wide; `keep` (a probability,
+    a score) always stays whole at the end."""
+    if font.getlength(text + keep) <= width:
+        return text + keep
+    low, high = 0, len(text)  # the longest fitting prefix, by bisection: a text may be thousands of characters
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if font.getlength(text[:mid] + "…" + keep) <= width else (low, mid - 1)
+    return text[:low] + "…" + keep
+
+
+def _word_lines(words: list[tuple[str, float]]) -> list[tuple[str, Optional[float]]]:
+    """The rows under a panel: (word, scaled score), at most WORD_ROWS, then '... N more' if cut."""
+    values = word_scale([s for _, s in words])
+    rows = [(word, float(v)) for (word, _), v in zip(words[:WORD_ROWS], values)]
+    if len(words) > WORD_ROWS:
+        rows.append((f"… {len(words) - WORD_ROWS} more", None))
+    return rows
+
+
+def contact_sheet(original: Image.Image, overlays: list[Image.Image], titles: list[tuple[str, str]],
+                  tokens: list[list[tuple[str, float]]]) -> Image.Image:
+    """The photo, then one overlay per text titled with its text and score, and under each overlay the
+    prompt's words shaded and numbered by `word_scale` (relevance / the text's largest |relevance|).
+
+    Bounded whatever the input: each picture fits a PANEL x PANEL box, panels wrap COLUMNS to a row, at most
+    SHEET_TEXTS texts are drawn (a last line counts the others) and at most WORD_ROWS words per text.
 
     Args:
         original: the photo.
         overlays: one overlay per text (from `overlay`).
-        titles: one title per overlay, e.g. 'a dog  p=0.93'.
-        tokens: per text, (token, relevance) pairs.
-        height: height of each picture in the sheet.
+        titles: per overlay, (text, score) drawn on one line, e.g. ('a dog', '  p=0.93'); the text is cut
+            with an ellipsis to the panel's width, the score always shown. Both single-line strings.
+        tokens: per text, (token, relevance) pairs, relevance as computed (any scale, signed or not).
     Returns:
         The sheet, an RGB image.
     """
     font = ImageFont.load_default()
-    pictures = [_fit(original, height)] + [_fit(o, height) for o in overlays]
-    line = 14  # pixels per text line of PIL's default font, with spacing
-    token_rows = max((len(t) for t in tokens), default=0)
-    width = sum(p.width for p in pictures) + 8 * (len(pictures) + 1)
-    sheet = Image.new("RGB", (width, height + line * (2 + min(token_rows, 12)) + 16), (24, 24, 24))
+    drawn = overlays[:SHEET_TEXTS]
+    pictures = [fit(original)] + [fit(o) for o in drawn]
+    word_rows = [_word_lines(t) for t in tokens[:SHEET_TEXTS]]
+    picture_height = max(p.height for p in pictures)  # at most PANEL; less for wide photos
+    row_height = LINE + picture_height + GAP + LINE * max((len(r) for r in word_rows), default=0) + GAP
+    columns = min(COLUMNS, len(pictures))
+    rows = -(-len(pictures) // columns)
+    footer = [f"+ {len(overlays) - len(drawn)} more texts, not drawn here: see their overlay files"] \
+        if len(overlays) > len(drawn) else []
+    against = any(value is not None and value < 0 for rows in word_rows for _, value in rows)
+    footer.append("words: relevance / the text's largest |relevance| (1.00: the word that mattered most)"
+                  + ("; blue: against the text" if against else ""))
+    width = GAP + columns * (PANEL + GAP)
+    sheet = Image.new("RGB", (width, GAP + rows * row_height + LINE * len(footer)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    x = 8
     for k, picture in enumerate(pictures):
-        sheet.paste(picture, (x, 8 + line))
-        draw.text((x, 6), "original" if k == 0 else titles[k - 1], fill=(235, 235, 235), font=font)
-        if k:
-            scores = np.array([s for _, s in tokens[k - 1]])
-            shades = colormap(scores / scores.max() if scores.size and scores.max() > 0 else scores)
-            for row, ((word, _), shade) in enumerate(zip(tokens[k - 1][:12], shades)):
-                y = 16 + line + height + row * line
-                draw.rectangle((x, y, x + 10, y + 10), fill=tuple(int(c) for c in shade))
-                draw.text((x + 16, y), word, fill=(235, 235, 235), font=font)
-        x += picture.width + 8
+        x = GAP + (k % columns) * (PANEL + GAP)
+        y = GAP + (k // columns) * row_height
+        sheet.paste(picture, (x, y + LINE))
+        title = ("original", "") if k == 0 else titles[k - 1]
+        draw.text((x, y), clip_text(title[0], font, PANEL, title[1]), fill=INK, font=font)
+        for row, (word, value) in enumerate(word_rows[k - 1] if k else []):
+            top = y + LINE + picture_height + GAP + row * LINE
+            if value is None:  # the '... N more' row
+                draw.text((x, top), word, fill=INK, font=font)
+                continue
+            draw.rectangle((x, top, x + 10, top + 10), fill=word_colour(value))
+            draw.text((x + 16, top), clip_text(word, font, PANEL - 16, f"  {value:.2f}"), fill=INK, font=font)
+    for n, text in enumerate(footer):
+        draw.text((GAP, GAP + rows * row_height + n * LINE), clip_text(text, font, width - 2 * GAP), fill=INK,
+                  font=font)
     return sheet

@@ -39,8 +39,12 @@ EXPECTED = ("expected a mini_clip .safetensors file, an OpenAI/OpenCLIP .pt chec
             "or a Hugging Face CLIPModel directory")
 
 
-# The embedded default: a tiny CLIP trained on mini_clip.scenes (see scripts/train_scenes.py).
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "scenes-vit-t8.safetensors"
+# The embedded default: a tiny CLIP trained on mini_clip.scenes (see scripts/train_scenes.py). Its home is
+# the repository's weights/ (a clone, `pip install -e .`); wheels and plain installs carry it in
+# mini_clip/embedded/ (setup.cfg maps the package mini_clip.embedded to weights/), which is looked at first.
+_PACKAGE = Path(__file__).resolve().parent
+_EMBEDDED = [folder / "scenes-vit-t8.safetensors" for folder in (_PACKAGE / "embedded", _PACKAGE.parent / "weights")]
+DEFAULT_WEIGHTS = next((path for path in _EMBEDDED if path.exists()), _EMBEDDED[0])
 
 
 class WeightsError(ValueError):
@@ -259,8 +263,9 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
     if path is None:
         path = DEFAULT_WEIGHTS
         if not path.exists():
-            raise WeightsError(f"{path}: the embedded default model is missing; reinstall mini_clip from its "
-                               "repository (pip install -e .) or pass a weights file")
+            raise WeightsError(f"{path}: the embedded default model is missing (and not in "
+                               f"{_EMBEDDED[1].parent}); reinstall mini_clip (pip install from its repository, "
+                               "or a wheel built from it) or pass a weights file")
     elif isinstance(path, str) and path in PRESETS:
         # A name means the model, as in clip.load, even where a folder of that name exists ("./ViT-B/32" is
         # the folder). Imported here: download imports this module.

@@ -2,24 +2,32 @@
 
 The shipped scenes model is not used: the CLI is pointed at a small random CLIP with --weights, so these tests
 do not depend on it. Each real run costs a few seconds of start-up (importing torch), so the bad-input matrix
-runs in ONE subprocess that calls `main(argv)` once per case with stdout and stderr captured at the file
-descriptors (an escaping exception is printed there as a traceback, which the tests reject); the good runs,
-the mixed batch and --resume are separate `python -m mini_clip.explain` processes.
+and the runs that build on each other (--resume, reruns into one --out) go to ONE long-lived subprocess that
+calls `main(argv)` once per request with stdout and stderr captured at the file descriptors (an escaping
+exception is printed there as a traceback, which the tests reject); the good runs, the mixed batch, the first
+--resume and the terminal (a pseudo-terminal) are separate `python -m mini_clip.explain` processes.
 """
 import io
 import json
 import math
 import os
+import pty
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 import mini_clip
+from conftest import TINY
 
 TEXTS = ["a red square", "a blue circle on grey", "a green triangle"]
 
@@ -106,7 +114,9 @@ def test_run_writes_overlays_at_the_original_size_and_a_sheet(good_run, pictures
         assert Path(record["sheet"]).is_file()
         with Image.open(record["sheet"]) as sheet:
             sheet.load()
-            assert sheet.height > 256 and sheet.width >= (len(TEXTS) + 1) * round(size[0] * 256 / size[1])
+            fitted = [round(side * 256 / max(size)) for side in size]  # each picture fits a 256 x 256 box
+            assert sheet.height > fitted[1] and sheet.width >= (len(TEXTS) + 1) * fitted[0]
+            assert sheet.width <= 8 + (len(TEXTS) + 1) * (256 + 8)  # four panels, one row
     assert temp_files(out) == []
 
 
@@ -202,12 +212,13 @@ def test_terminal_table_sorts_texts_best_first(mixed_run, weights, pictures):
 # ---------------------------------------------------------------------------------------------------------
 # Bad inputs: one line on stderr, the right exit status, no traceback, nothing left in --out
 
-DRIVER = textwrap.dedent("""
+SERVER = textwrap.dedent("""
     import json, os, sys, tempfile, traceback
     from mini_clip.explain import main
 
-    results = []
-    for argv in json.loads(open(sys.argv[1]).read()):
+    replies = os.fdopen(os.dup(1), "w")
+    for request in sys.stdin:
+        argv = json.loads(request)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             sys.stdout.flush(); sys.stderr.flush()
             saved = os.dup(1), os.dup(2)
@@ -225,10 +236,41 @@ DRIVER = textwrap.dedent("""
                 os.dup2(saved[0], 1); os.dup2(saved[1], 2)
                 os.close(saved[0]); os.close(saved[1])
             out.seek(0); err.seek(0)
-            results.append({"rc": rc, "stdout": out.read().decode(errors="replace"),
-                            "stderr": err.read().decode(errors="replace")})
-    print(json.dumps(results))
+            replies.write(json.dumps({"rc": rc, "stdout": out.read().decode(errors="replace"),
+                                      "stderr": err.read().decode(errors="replace")}) + "\\n")
+            replies.flush()
 """)
+
+
+class Explain:
+    """`main(argv)` of the CLI run in one long-lived subprocess, a request per run, output captured at the file
+    descriptors: torch's import is paid once, so runs that depend on each other (--resume, reruns) are cheap."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=ENV)
+
+    def __call__(self, *args, timeout: float = 120) -> dict:
+        """{"rc": exit status or "escaped", "stdout": ..., "stderr": ...} of one run."""
+        self.proc.stdin.write(json.dumps([str(a) for a in args]) + "\n")  # lone surrogates travel as escapes
+        self.proc.stdin.flush()
+        reply = []
+        reader = threading.Thread(target=lambda: reply.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not reply or not reply[0]:
+            self.proc.kill()
+            raise AssertionError(f"no answer within {timeout} s for {args}")
+        return json.loads(reply[0])
+
+
+@pytest.fixture(scope="module")
+def explain():
+    server = Explain()
+    yield server
+    server.proc.stdin.close()
+    server.proc.wait(timeout=60)
+
 
 GOOD = "<good image>"
 W = "<weights>"
@@ -257,17 +299,34 @@ BAD = {
     "folder without images": (["<empty folder>", "--text", "a", "--weights", W], 2, ["no images"]),
     "out under a regular file": ([GOOD, "--text", "a", "--weights", W, "--out", "<regular>/out"], 1,
                                  ["--out", "cannot write"]),
+    "out is a regular file": ([GOOD, "--text", "a", "--weights", W, "--out", "<regular>"], 1, ["--out", "regular"]),
+    "device nonsense": ([GOOD, "--text", "a", "--weights", W, "--device", "nonsense"], 2, ["nonsense", "cpu"]),
+    "device cuda:99": ([GOOD, "--text", "a", "--weights", W, "--device", "cuda:99"], 2, ["cuda:99", "cpu"]),
+    "device meta": ([GOOD, "--text", "a", "--weights", W, "--device", "meta"], 2, ["meta", "cpu"]),
+    "texts file is a folder": ([GOOD, "--texts-file", "<empty folder>", "--weights", W], 2,
+                               ["--texts-file", "not a regular file"]),
+    "texts file is a fifo": ([GOOD, "--texts-file", "<fifo.txt>", "--weights", W], 2, ["fifo.txt", "not a regular"]),
+    "image is a fifo": (["<fifo.png>", "--text", "a", "--weights", W], 1, ["fifo.png", "not a regular file"]),
+    "image is a device": (["/dev/zero", "--text", "a", "--weights", W], 1, ["/dev/zero", "not a regular file"]),
+    "missing image, odd name": (["<odd\nname\x1b[2J.png>", "--text", "a", "--weights", W], 1,
+                                ["odd\\nname\\x1b[2J.png", "no such file"]),
+    "text without tokens": ([GOOD, "--text", "\x1b\x07", "--weights", W], 2, ["text 1", "no words"]),
 }
+if not torch.backends.mps.is_available():
+    BAD["device mps"] = ([GOOD, "--text", "a", "--weights", W, "--device", "mps"], 2, ["mps", "cpu"])
 EXTRA = {  # runs that must work, in the same driver
     "text too long, truncated": [GOOD, "--text", "dog " * 80, "--truncate", "--weights", W],
     "help": ["--help"],
     "resume, first texts": [GOOD, "--text", "a red square", "--weights", W, "--out", "<resume-out>"],
     "resume, other texts": [GOOD, "--text", "a blue circle", "--weights", W, "--out", "<resume-out>", "--resume"],
+    "one text": [GOOD, "--text", "a red square", "--weights", W],
+    "bom and control characters": [GOOD, "--texts-file", "<bom.txt>", "--text", "one\ntwo\x1b[2J", "--weights", W],
+    "odd file name": ["<odd-\udcff-\u202e.png>", "--text", "a shape", "--weights", W],
 }
 
 
 @pytest.fixture(scope="module")
-def driver_runs(tmp_path_factory, weights, pictures):
+def driver_runs(tmp_path_factory, weights, pictures, explain):
     root = tmp_path_factory.mktemp("bad")
     (root / "text.png").write_text("hello, I am text\n")
     (root / "empty.jpg").write_bytes(b"")
@@ -278,6 +337,10 @@ def driver_runs(tmp_path_factory, weights, pictures):
     (root / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
     (root / "regular").write_text("a file, not a folder")
     (root / "empty folder").mkdir()
+    os.mkfifo(root / "fifo.txt")  # reading would block forever
+    os.mkfifo(root / "fifo.png")
+    (root / "bom.txt").write_bytes("\ufeffa red square\n".encode())
+    (root / "odd-\udcff-\u202e.png").write_bytes(pictures["portrait"].read_bytes())  # an undecodable byte
     names = {GOOD: str(pictures["portrait"]), W: str(weights)}
 
     def resolve(arg: str) -> str:
@@ -296,12 +359,7 @@ def driver_runs(tmp_path_factory, weights, pictures):
             outs[name].mkdir(parents=True)  # exists and is empty: must stay so
             argv += ["--out", str(outs[name])]
         runs[name] = argv
-    cases = root / "cases.json"
-    cases.write_text(json.dumps(list(runs.values())))
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(cases)], capture_output=True, text=True, env=ENV,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = [explain(*argv, timeout=60) for argv in runs.values()]
     return dict(zip(runs, results)), outs, root
 
 
@@ -344,3 +402,280 @@ def test_help_exits_0_and_shows_an_example(driver_runs):
     assert run["rc"] == 0 and run["stderr"] == ""
     assert "example" in run["stdout"] and "python -m mini_clip.explain" in run["stdout"]
     assert "--weights" in run["stdout"] and "--resume" in run["stdout"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Field-hardening (issue 13): sizes, names, --resume, partial failures, the terminal
+
+
+def texts_args(texts) -> list[str]:
+    return [a for t in texts for a in ("--text", t)]
+
+
+def test_sheet_is_bounded_whatever_the_aspect_ratio(tmp_path, weights, explain):
+    """A 10000 x 1 photo used to give a sheet 5,120,024 px wide (every panel 256 px high): each panel now fits
+    a 256 x 256 box and panels wrap into rows, so 20 texts over a sliver stay a small sheet, made quickly."""
+    Image.new("RGB", (10000, 1), (200, 40, 40)).save(tmp_path / "wide.png")
+    Image.new("RGB", (1, 10000), (40, 40, 200)).save(tmp_path / "tall.png")
+    texts = [f"a picture number {k}" for k in range(20)]
+    out = tmp_path / "out"
+    start = time.monotonic()
+    proc = explain(tmp_path / "wide.png", tmp_path / "tall.png", "--weights", weights, "--out", out, "--quiet",
+               *texts_args(texts))
+    assert proc["rc"] == 0 and error_lines(proc["stderr"]) == [], proc["stderr"]
+    assert time.monotonic() - start < 60
+    for name, size in (("wide", (10000, 1)), ("tall", (1, 10000))):
+        with Image.open(out / name / "sheet.png") as sheet:
+            assert sheet.width <= 1600 and sheet.height <= 4000, sheet.size  # 6 panels of 256 + gaps a row
+            assert sheet.width * sheet.height < Image.MAX_IMAGE_PIXELS
+        with Image.open(out / name / "01-a-picture-number-0.png") as picture:
+            assert picture.size == size  # overlays stay at the photo's own size
+
+
+def test_names_derived_from_files_stay_inside_out(tmp_path, weights, pictures, explain):
+    """'...png' (stem '..') used to write into the parent of --out; 'results.json.png' clashed with
+    results.json. Every folder is a plain, distinct, visible child of --out, whatever the file name."""
+    source = tmp_path / "in"
+    source.mkdir()
+    names = ["...png", "..png", ".hidden.png", "a\nb\x1b.png", "results.json.png", "RESULTS.JSON.png",
+             "CON.png", "x" * 250 + ".png", "é" * 125 + ".png", " . .png"]
+    for name in names:
+        (source / name).write_bytes(pictures["portrait"].read_bytes())
+    out = tmp_path / "deep" / "out"
+    proc = explain(source, "--weights", weights, "--out", out, "--text", "a shape", "--json")
+    assert proc["rc"] == 0 and error_lines(proc["stderr"]) == [], proc["stderr"]
+    assert [p.name for p in (tmp_path / "deep").iterdir()] == ["out"]  # nothing written beside --out
+    assert (out / "results.json").is_file()
+    folders = [p for p in out.iterdir() if p.is_dir()]
+    assert len(folders) == len(names) and len({p.name.casefold() for p in folders}) == len(names)
+    for folder in folders:
+        assert not folder.name.startswith(".") and folder.name not in (".", "..") and folder.name.strip() == folder.name
+        assert not any(unicodedata.category(c)[0] == "C" for c in folder.name)
+        assert len(os.fsencode(folder.name)) <= 255 - len(".sheet.png.9999999.tmp")  # room for temp files
+        assert sorted(p.name for p in folder.iterdir()) == ["01-a-shape.png", "result.json", "sheet.png"]
+    document = json.loads((out / "results.json").read_text())
+    assert sorted(Path(r["image"]).name for r in document["results"]) == sorted(names)
+    assert len({Path(r["sheet"]).parent for r in document["results"]}) == len(names)
+    for record in document["results"]:
+        assert Path(record["sheet"]).resolve().parent.parent == out.resolve()
+
+
+def test_output_folders_are_unique_and_the_same_on_every_run(tmp_path, weights, pictures, explain):
+    """x/a.png, x/a-3.png, y/a.png: y/a.png used to get 'a-3' and overwrite x/a-3.png's outputs."""
+    for folder, name, picture in (("x", "a.png", "portrait"), ("x", "a-3.png", "square"), ("y", "a.png", "landscape")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes(pictures[picture].read_bytes())
+    x_a, x_a3, y_a = tmp_path / "x" / "a.png", tmp_path / "x" / "a-3.png", tmp_path / "y" / "a.png"
+    out = tmp_path / "out"
+
+    def folders(*images) -> dict[str, str]:
+        proc = explain(*images, "--weights", weights, "--out", out, "--text", "a shape", "--json")
+        assert proc["rc"] == 0, proc["stderr"]
+        document = json.loads(proc["stdout"])
+        for record in document["results"]:  # each sheet's record names its own image
+            own = json.loads((Path(record["sheet"]).parent / "result.json").read_text())
+            assert own["image"] == record["image"]
+        return {r["image"]: Path(r["sheet"]).parent.name for r in document["results"]}
+
+    first = folders(x_a, x_a3, y_a, tmp_path / "x", x_a)  # x/a.png named three times: explained once
+    assert len(first) == 3 and len(set(first.values())) == 3
+    assert first[str(x_a3)] == "a-3"  # no clash: the plain stem
+    assert folders(y_a, x_a3, x_a) == first  # another order, the same folders
+
+
+def test_resume_redoes_what_changed_and_survives_foreign_records(tmp_path, weights, pictures, explain):
+    """--resume used to trust any result.json whose texts matched: another image of the same name, other
+    settings, deleted overlays; a foreign result.json gave a KeyError traceback."""
+    for k, picture in enumerate(("portrait", "landscape")):
+        (tmp_path / f"d{k}").mkdir()
+        (tmp_path / f"d{k}" / "photo.png").write_bytes(pictures[picture].read_bytes())
+    other = tmp_path / "other.png"
+    other.write_bytes(pictures["square"].read_bytes())
+    local = tmp_path / "tiny.safetensors"
+    local.write_bytes(weights.read_bytes())
+    out = tmp_path / "out"
+
+    def run(photo, *extra) -> set[str]:
+        """The images explained (not skipped) by one run."""
+        proc = explain(photo, other, "--weights", local, "--out", out, "--resume", *texts_args(TEXTS[:2]), *extra)
+        assert proc["rc"] == 0 and "Traceback" not in proc["stderr"] and error_lines(proc["stderr"]) == [], proc["stderr"]
+        return {Path(line).name for line in proc["stdout"].splitlines() if line.endswith(".png")}
+
+    assert run(tmp_path / "d0" / "photo.png") == {"photo.png", "other.png"}
+    assert run(tmp_path / "d0" / "photo.png") == set()  # all finished: nothing to do
+    (out / "other" / "02-a-blue-circle-on-grey.png").unlink()
+    assert run(tmp_path / "d1" / "photo.png") == {"photo.png", "other.png"}  # another photo; a lost overlay
+    assert (out / "other" / "02-a-blue-circle-on-grey.png").is_file()
+    assert json.loads((out / "photo" / "result.json").read_text())["image"] == str(tmp_path / "d1" / "photo.png")
+    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == {"photo.png", "other.png"}
+    record = json.loads((out / "photo" / "result.json").read_text())
+    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == set()
+    (out / "photo" / "result.json").write_text("[" * 100000)  # broken, and nested past Python's recursion limit
+    (out / "other" / "result.json").write_text(json.dumps({**record, "stamp": None, "texts": 5}))
+    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == {"photo.png", "other.png"}
+    torch.manual_seed(1)  # other weights at the same path
+    mini_clip.save(mini_clip.CLIP(mini_clip.CLIPConfig(**TINY)), local)
+    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == {"photo.png", "other.png"}
+    assert temp_files(out) == []
+
+
+def test_a_rerun_leaves_only_the_current_outputs_and_never_user_files(tmp_path, weights, pictures, explain):
+    out = tmp_path / "out"
+    proc = explain(pictures["portrait"], "--weights", weights, "--out", out, *texts_args(TEXTS))
+    assert proc["rc"] == 0, proc["stderr"]
+    (out / "portrait" / "notes.txt").write_text("mine")
+    (out / "portrait" / "my-drawing.png").write_bytes(b"mine")
+    proc = explain(pictures["portrait"], "--weights", weights, "--out", out, "--text", TEXTS[1])
+    assert proc["rc"] == 0, proc["stderr"]
+    assert sorted(p.name for p in (out / "portrait").iterdir()) == [
+        "01-a-blue-circle-on-grey.png", "my-drawing.png", "notes.txt", "result.json", "sheet.png"]
+
+
+def test_one_unwritable_output_fails_its_image_only(tmp_path, weights, pictures, explain):
+    """A folder that cannot take an output used to abort the run at the first image, naming a temp file,
+    with no results.json; 'results.json.png' ended the run with 'Is a directory'; a link planted in --out
+    was followed out of it."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png", "results.json.png"):
+        (source / name).write_bytes(pictures["portrait"].read_bytes())
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "a" / "sheet.png").mkdir(parents=True)  # a directory where a's sheet goes
+    elsewhere.mkdir()
+    (out / "b").symlink_to(elsewhere, target_is_directory=True)
+    (out / "c").write_text("a file where c's folder goes")
+    proc = explain(source, "--weights", weights, "--out", out, "--text", "a shape", "--quiet")
+    assert proc["rc"] == 1 and "Traceback" not in proc["stderr"]
+    lines = error_lines(proc["stderr"])
+    assert len(lines) == 4, proc["stderr"]  # a, b, c, and the summary
+    assert str(out / "a" / "sheet.png") in lines[0] and ".tmp" not in lines[0]
+    assert str(out / "b") in lines[1] and "link" in lines[1] and list(elsewhere.iterdir()) == []
+    assert str(out / "c") in lines[2] and "3 of 5" in lines[3]
+    document = json.loads((out / "results.json").read_text())
+    assert sorted(Path(r["image"]).name for r in document["results"]) == ["d.png", "results.json.png"]
+    assert temp_files(out) == []
+
+    (tmp_path / "out2" / "results.json").mkdir(parents=True)  # the run's own record cannot be written
+    proc = explain(source / "d.png", "--weights", weights, "--out", tmp_path / "out2", "--text", "a shape", "--quiet")
+    lines = error_lines(proc["stderr"])
+    assert proc["rc"] == 1 and len(lines) == 1 and str(tmp_path / "out2" / "results.json") in lines[0], proc
+    assert (tmp_path / "out2" / "d" / "sheet.png").is_file() and temp_files(tmp_path / "out2") == []
+
+
+def words_table(block: str) -> dict[str, list[tuple[str, str, float]]]:
+    """Per text, its (word, bar, value) rows from one image's terminal block."""
+    table, current = {}, None
+    for line in block.splitlines():
+        if line.startswith("  words for '"):
+            current = table.setdefault(line[len("  words for '"):-2], [])
+        elif current is not None and line.startswith("    "):
+            word, bar, value = line.split()
+            current.append((word, bar, float(value)))
+    return table
+
+
+def test_signed_words_share_one_scale_in_the_terminal_and_the_json(tmp_path, weights, pictures, explain):
+    """--signed used to divide by the signed sum: the full bar could sit on a word against the text. Now each
+    value is relevance / the text's largest |relevance|, stated in the header; '-' bars mark negatives."""
+    out = tmp_path / "out"
+    proc = explain(pictures["portrait"], "--weights", weights, "--out", out, "--signed", *texts_args(TEXTS))
+    assert proc["rc"] == 0, proc["stderr"]
+    assert "relevance / the text's largest |relevance|" in proc["stdout"]
+    table = words_table(proc["stdout"])
+    record = json.loads((out / "portrait" / "result.json").read_text())
+    negatives = 0
+    for entry in record["texts"]:
+        raw = np.array([t["relevance"] for t in entry["tokens"]])
+        want = raw / np.abs(raw).max()
+        rows = table[entry["text"]]
+        assert [w for w, _, _ in rows] == [t["token"] for t in entry["tokens"]]
+        np.testing.assert_allclose([v for _, _, v in rows], want, atol=0.006)
+        for (_, bar, _), value in zip(rows, want):
+            assert len(bar) == 20 and bar.count("#" if value >= 0 else "-") == round(abs(value) * 20)
+        negatives += int((want < 0).sum())
+    assert negatives > 0  # the case the old scale got wrong is exercised
+
+
+def screen(data: bytes) -> list[str]:
+    """What a terminal shows for `data`: carriage return, line feed and erase-to-end-of-line (ESC [ K)."""
+    lines, row, col = [""], 0, 0
+    text = data.decode(errors="replace")
+    k = 0
+    while k < len(text):
+        if text.startswith("\x1b[K", k):
+            lines[row] = lines[row][:col]
+            k += 3
+            continue
+        c = text[k]
+        if c == "\r":
+            col = 0
+        elif c == "\n":
+            row, col = row + 1, 0
+            lines.append("")
+        else:
+            lines[row] = lines[row][:col].ljust(col) + c + lines[row][col + 1:]
+            col += 1
+        k += 1
+    return lines
+
+
+def test_progress_line_is_erased_before_results_and_errors(tmp_path, weights, pictures):
+    """On a terminal, '[n/N] image' used to stay behind ('[1/3] a.png...'), errors and tables printed onto it."""
+    long_name = tmp_path / ("a-long-name-" * 3 + ".png")
+    long_name.write_bytes(pictures["portrait"].read_bytes())
+    broken = tmp_path / "b.png"
+    broken.write_bytes(b"not an image")
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mini_clip.explain", long_name, broken, pictures["square"],
+                               "--weights", weights, "--out", tmp_path / "out", "--text", "a shape"],
+                              stdout=secondary, stderr=secondary, env=ENV, timeout=120)
+        os.close(secondary)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the other end is closed and all was read
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 1
+    shown = [line for line in screen(data) if line.strip()]
+    assert not any(re.search(r"\[\d/3\]", line) for line in shown), shown
+    assert "[2/3]" in data.decode(errors="replace")  # progress was shown, then erased
+    errors = [line for line in shown if line.startswith("mini_clip.explain: error: ")]
+    assert len(errors) == 2 and "b.png" in errors[0], shown
+    assert any(line.endswith(long_name.name) for line in shown) and any(line.endswith("square.jpg") for line in shown)
+
+
+def test_one_text_says_its_probability_is_always_100_percent(driver_runs):
+    run = driver_runs[0]["one text"]
+    assert run["rc"] == 0 and error_lines(run["stderr"]) == [], run
+    lines = run["stdout"].splitlines()
+    assert lines[1].split() == ["logit", "prob", "text"]  # the logit first: the probability says nothing
+    assert "always 100 %" in run["stdout"]
+
+
+def test_texts_file_bom_is_dropped_and_control_characters_stay_on_one_line(driver_runs):
+    runs, outs, _ = driver_runs
+    run = runs["bom and control characters"]
+    assert run["rc"] == 0 and error_lines(run["stderr"]) == [], run
+    document = json.loads((outs["bom and control characters"] / "results.json").read_text())
+    assert [t["text"] for t in document["results"][0]["texts"]] == ["one\ntwo\x1b[2J", "a red square"]
+    lines = run["stdout"].splitlines()
+    assert lines[1].split() == ["prob", "logit", "text"]
+    rows = lines[2:4]
+    assert sorted(row.split(None, 2)[2] for row in rows) == ["a red square", "one\\ntwo\\x1b[2J"]
+    assert "\x1b" not in run["stdout"]
+
+
+def test_an_odd_file_name_is_explained_and_printed_escaped(driver_runs):
+    runs, outs, _ = driver_runs
+    run = runs["odd file name"]
+    assert run["rc"] == 0 and error_lines(run["stderr"]) == [], run
+    assert run["stdout"].splitlines()[0].endswith("odd-\\udcff-\\u202e.png")
+    folders = [p.name for p in outs["odd file name"].iterdir() if p.is_dir()]
+    assert folders == ["odd-_-_"]

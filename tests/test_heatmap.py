@@ -6,12 +6,14 @@ int(round((resized - size) / 2)). Cell (r, c) of a g x g grid covers crop pixels
 across and the same with r down; a crop pixel position p maps back to the original at
 (offset + p) * original / resized. A pixel of the original belongs to the cell its centre falls in.
 """
+import time
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
 from mini_clip import CropGeometry, preprocess
-from mini_clip.heatmap import ALPHA, DIM, colormap, grid_to_image, overlay
+from mini_clip.heatmap import ALPHA, DIM, colormap, contact_sheet, grid_to_image, overlay
 
 # matplotlib's inferno at 0 and at 1: (0.001462, 0.000466, 0.013866) and (0.988362, 0.998364, 0.644924) x 255
 INFERNO_FIRST = (0, 0, 4)
@@ -163,3 +165,81 @@ def test_colormap_lightness_rises_steadily():
     coarse = luminance[::128]
     assert np.all(np.diff(coarse) > 0)
     assert luminance[0] < 0.01 and luminance[-1] > 0.9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The contact sheet: bounded whatever the photo and the number of texts; titles and word lists that say
+# when they are cut; one word scale for signed scores
+
+BACKGROUND = (24, 24, 24)
+
+
+def sheet_of(original: Image.Image, n_texts: int, n_words: int = 3, title: str = "a text",
+             scores=None) -> Image.Image:
+    overlays = [original] * n_texts
+    titles = [(title, "  p=0.50")] * n_texts
+    scores = [1.0] * n_words if scores is None else scores
+    words = [[(f"w{k}", s) for k, s in enumerate(scores)]] * n_texts
+    return contact_sheet(original, overlays, titles, words)
+
+
+@pytest.mark.parametrize("size", [(10000, 1), (1, 10000), (5000, 3), (64, 48)])
+def test_sheet_is_bounded_for_any_aspect_ratio_and_many_texts(size):
+    """Each panel fits 256 x 256 and panels wrap into rows: a 10000 x 1 photo used to make every panel
+    2,560,000 px wide. 100 texts of 40 words still give a sheet of a few million pixels, in seconds."""
+    original = Image.new("RGB", size, (200, 40, 40))
+    start = time.monotonic()
+    sheet = sheet_of(original, 100, n_words=40)
+    assert time.monotonic() - start < 10
+    assert sheet.width <= 8 + 6 * (256 + 8) and sheet.height <= 8 * (14 + 256 + 8 + 14 * 13 + 8) + 8 + 3 * 14
+    assert sheet_of(original, 2).width <= 8 + 3 * (256 + 8)  # few texts: a narrow sheet
+
+
+def test_photo_panel_keeps_its_aspect_within_the_box():
+    sheet = np.asarray(sheet_of(Image.new("RGB", (300, 100), (250, 0, 0)), 1))[:, :264]  # the first panel
+    red = np.argwhere((sheet[..., 0] == 250) & (sheet[..., 1] == 0))
+    height, width = red.max(axis=0) - red.min(axis=0) + 1
+    assert (width, height) == (256, round(100 * 256 / 300))
+
+
+def ink_columns(sheet: Image.Image, top: int, bottom: int) -> np.ndarray:
+    """Columns with any pixel other than the background between rows top and bottom."""
+    band = np.asarray(sheet)[top:bottom]
+    return np.flatnonzero((np.abs(band.astype(int) - BACKGROUND).max(axis=-1) > 0).any(axis=0))
+
+
+def test_long_titles_stop_at_their_panel_and_keep_the_probability():
+    """A long title used to run over the next panel (and hide its probability)."""
+    sheet = sheet_of(Image.new("RGB", (64, 64), (90, 90, 90)), 2, title="a very long text " * 20)
+    ink = ink_columns(sheet, 0, 8 + 14)
+    gaps = [(8 + k * 264 + 256, 8 + (k + 1) * 264) for k in range(3)]  # the 8-pixel gaps after each panel
+    assert not any(((ink >= a) & (ink < b)).any() for a, b in gaps), ink
+    from mini_clip.heatmap import clip_text  # new with the bounded sheet
+    font = ImageFont.load_default()
+    title = clip_text("a very long text " * 20, font, 256, "  p=0.93")
+    assert title.endswith("…  p=0.93") and font.getlength(title) <= 256
+    assert clip_text("short", font, 256, "  p=0.93") == "short  p=0.93"
+
+
+def test_a_cut_word_list_says_how_many_words_are_left_out():
+    """Words beyond the twelfth used to be dropped without a mark: now a last row counts them."""
+    original = Image.new("RGB", (64, 64), (90, 90, 90))
+    twelve, thirteen = sheet_of(original, 1, n_words=12), sheet_of(original, 1, n_words=13)
+    assert thirteen.height == twelve.height + 14
+    row = 8 + 14 + 256 + 8 + 12 * 14  # the 13th row under the panel
+    ink = ink_columns(thirteen, row, row + 12)
+    assert ink.size > 0 and 8 + 264 <= ink.min() < ink.max() < 8 + 2 * 264  # under the text's panel only
+    assert ink_columns(twelve, row, row + 12).min() < 8 + 264  # there: the sheet's footer, from the left edge
+
+
+def test_signed_word_shades_are_scaled_by_the_largest_magnitude_and_negatives_look_different():
+    """Words of 'a yellow cross' scored [-0.04, 7.98, -6.95]: the strongest against the text (-6.95) must
+    not share the colour of a weak word for it, nor be shaded as the strongest for it."""
+    from mini_clip.heatmap import word_colour, word_scale  # new with the one word scale
+    np.testing.assert_allclose(word_scale([-0.04, 7.98, -6.95]), [-0.04 / 7.98, 1.0, -6.95 / 7.98])
+    np.testing.assert_array_equal(word_scale([0.0, 0.0]), [0.0, 0.0])
+    inferno = colormap(np.linspace(0, 1, 1001)).astype(int)
+    for value in (-0.5, -0.87, -1.0):
+        distance = np.abs(inferno - np.array(word_colour(value))).sum(axis=1).min()
+        assert distance > 60, (value, word_colour(value))  # far from every colour of the positive scale
+    assert tuple(word_colour(1.0)) == INFERNO_LAST
