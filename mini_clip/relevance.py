@@ -110,6 +110,30 @@ def check_recommended(settings: object, model: CLIP) -> dict:
     return dict(settings)
 
 
+def settings(model: CLIP, method: Optional[str] = None, start_layer: Optional[int] = None,
+             start_layer_text: Optional[int] = None,
+             names: tuple[str, str] = ("start_layer", "start_layer_text")) -> tuple[str, int, int]:
+    """The method and start layers an explanation uses: what is given, else the weights' recommendation
+    (its start layers only for its own method), else the original's defaults (DEFAULT_START).
+
+    Args:
+        names: how the caller spells the two start layers in error messages (the CLI: its flags).
+    Returns:
+        (method, image start block, text start block), the blocks as indices from 0.
+    Raises:
+        ValueError: an unknown method, or a start layer outside its tower, with the valid range.
+    """
+    advice = recommended(model)
+    method = method or advice.get("method", "chefer")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if advice.get("method", "chefer") == method:  # the weights' start layers are for their method only
+        start_layer = advice.get("start_layer") if start_layer is None else start_layer
+        start_layer_text = advice.get("start_layer_text") if start_layer_text is None else start_layer_text
+    return (method, _start(start_layer, model.config.vision_layers, method, names[0]),
+            _start(start_layer_text, model.config.transformer_layers, method, names[1]))
+
+
 def _start(start: Optional[int], blocks: int, method: str, name: str) -> int:
     """Normalise a start layer to an index in [0, blocks); -1 is the last block, as in the original."""
     start = max(DEFAULT_START[method], -blocks) if start is None else start
@@ -285,13 +309,7 @@ def relevance(model: CLIP, image: Images, texts: Texts,
     Returns:
         A Relevance with logits, probabilities, maps and matrices for every pair.
     """
-    advice = recommended(model)
-    method = method or advice.get("method", "chefer")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if advice.get("method", "chefer") == method:  # the weights' start layers are for their method only
-        start_layer = advice.get("start_layer") if start_layer is None else start_layer
-        start_layer_text = advice.get("start_layer_text") if start_layer_text is None else start_layer_text
+    method, s_img, s_txt = settings(model, method, start_layer, start_layer_text)
     if signed and method != "chefer":
         raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
     if torch.is_inference_mode_enabled():
@@ -300,8 +318,6 @@ def relevance(model: CLIP, image: Images, texts: Texts,
     tokens = _as_tokens(model, texts, truncate).to(device)
     image = _as_images(image, model.visual.input_resolution).to(device)
     visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
-    s_img = _start(start_layer, len(vblocks), method, "start_layer")
-    s_txt = _start(start_layer_text, len(tblocks), method, "start_layer_text")
     B, N = image.shape[0], tokens.shape[0]
     eot = tokens.argmax(dim=-1)  # (N,) end-of-text positions: 49407 is the largest id
     # Causal attention: padding after the last end-of-text changes nothing that is read, and its relevance
