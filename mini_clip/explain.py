@@ -24,7 +24,7 @@ from .heatmap import contact_sheet, overlay, word_scale
 from .image import ImageError, load_image, preprocess
 from .outputs import (DONE, RESULTS, SHEET, OutputError, finished, folder_names, image_folder, overlay_name,
                       remove_stale, stamp, weights_stamp, write)
-from .relevance import METHODS, Relevance, relevance
+from .relevance import METHODS, Relevance, relevance, settings
 from .tokenizer import default_tokenizer, tokenize
 from .weights import WeightsError, load
 
@@ -64,7 +64,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--texts-file", type=Path, help="a file with one text per line")
     p.add_argument("--weights", help="checkpoint file or Hugging Face directory, or a name such as ViT-B/32 "
                                      "(default: the embedded scenes model)")
-    p.add_argument("--method", choices=METHODS, default="chefer")
+    p.add_argument("--method", choices=METHODS, help="chefer (Chefer et al.), attention, rollout, gradcam, or "
+                   "legrad (image maps only); default: what the weights recommend, else chefer")
     p.add_argument("--start-layer", type=int, help="first image block explained: -1 last only (default), 0 all")
     p.add_argument("--start-layer-text", type=int, help="first text block explained: -1 last only (default), 0 all")
     p.add_argument("--signed", action="store_true", help="keep negative evidence (chefer only; see word scores)")
@@ -177,6 +178,9 @@ def report(name: str, rel: Relevance, texts: list[str]) -> str:
         lines = [printable(name), f"  {'prob':>7}  {'logit':>8}  text"]
         lines += [f"  {float(rel.probs[0, j]):7.2%}  {float(rel.logits[0, j]):8.3f}  {printable(texts[j])}"
                   for j in order]
+    if rel.text is None:
+        lines.append(f"  words: none ({rel.method} explains the image only)")
+        return "\n".join(lines)
     lines.append("  words: relevance / the text's largest |relevance| ('-' bars: evidence against the text)")
     for j in order:
         lines.append(f"  words for '{printable(texts[j])}':")
@@ -203,7 +207,7 @@ def explain_one(path: Path, folder: Path, model, texts, tokens, args, expected: 
         picture = overlay(original, grid, geometry)
         target = folder / overlay_name(j, text)
         write(target, lambda f: picture.save(f, format="PNG"))
-        pairs = [(label, float(s)) for label, s in zip(rel.labels[j], rel.text[j][0])]
+        pairs = [] if rel.text is None else [(label, float(s)) for label, s in zip(rel.labels[j], rel.text[j][0])]
         overlays.append(picture)
         logit, prob = float(rel.logits[0, j]), float(rel.probs[0, j])
         score = f"  logit={logit:.2f}" if len(texts) == 1 else f"  p={prob:.2f}"  # one text: p is always 1
@@ -257,7 +261,7 @@ def error(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     texts = read_texts(args)
     check_device(args.device)
-    if args.signed and args.method != "chefer":
+    if args.signed and args.method not in (None, "chefer"):
         raise UsageError(f"--signed works with --method chefer only, not {args.method}")
     with warnings.catch_warnings(record=True) as caught:  # the loader's warnings, as one line each
         warnings.simplefilter("always")
@@ -273,11 +277,18 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"text {k + 1} ({text[:30]!r}...) has {n} tokens; the model's context is "
                              f"{model.context_length} (use --truncate to cut it)")
     tokens = tokenize(texts, model.context_length, truncate=args.truncate)
-    for flag, value, blocks in (("--start-layer", args.start_layer, len(model.visual.transformer.resblocks)),
-                                ("--start-layer-text", args.start_layer_text, len(model.transformer.resblocks))):
-        if value is not None and not -blocks <= value < blocks:
-            raise UsageError(f"{flag} {value} is out of range: this model has {blocks} blocks, so use 0 .. "
-                             f"{blocks - 1} (0: all blocks) or -{blocks} .. -1 from the end (-1: the last block only)")
+    args.given = (args.method, args.start_layer, args.start_layer_text)
+    try:  # what is given, else what the weights recommend, else the original's defaults
+        method, start, start_text = settings(model, args.method, args.start_layer, args.start_layer_text,
+                                             ("--start-layer", "--start-layer-text"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.signed and method != "chefer":
+        raise UsageError(f"--signed works with method chefer only; the weights recommend {method}: add "
+                         "--method chefer")
+    args.method, args.start_layer, args.start_layer_text = method, start, start_text  # resolved, for all images
+    if not args.quiet and not args.json:
+        print(describe(model, args) + "\n", flush=True)
     images = find_images(args.images)
     if not images:
         raise UsageError(f"no images found in {' '.join(args.images)}")
@@ -300,10 +311,9 @@ def run(args: argparse.Namespace) -> int:
             progress.clear()
             print(report(str(path), rel, texts) + "\n", flush=True)
     progress.clear()
-    settings = {"weights": args.weights or "embedded scenes model", "method": args.method,
-                "start_layer": rel_setting(args.start_layer), "start_layer_text": rel_setting(args.start_layer_text),
-                "signed": args.signed, "truncate": args.truncate}
-    document = json.dumps({"settings": settings, "results": results}, indent=1)
+    used = {"weights": args.weights or "embedded scenes model", **resume_settings(args),
+            "recommended_by_weights": model.recommended}
+    document = json.dumps({"settings": used, "results": results}, indent=1)
     written = True
     if results:  # nothing explained: leave --out as it was
         try:
@@ -345,8 +355,18 @@ def resume_settings(args: argparse.Namespace) -> dict:
             "signed": args.signed, "truncate": args.truncate}
 
 
-def rel_setting(value: Optional[int]) -> str | int:
-    return "default" if value is None else value
+def describe(model, args: argparse.Namespace) -> str:
+    """One line: the method and the blocks explained, and where the settings came from."""
+    blocks = (model.config.vision_layers, model.config.transformer_layers)
+    flags = ("--method", "--start-layer", "--start-layer-text")[: 2 if args.method == "legrad" else 3]
+    given = [flag for flag, value in zip(flags, args.given) if value is not None]
+    advised = model.recommended and model.recommended.get("method", "chefer") == args.method
+    rest = "as the weights recommend" if advised else "the method's defaults"
+    source = "; ".join([f"given: {', '.join(given)}"] * bool(given) + [f"the rest {rest}"] * (len(given) < len(flags)))
+    towers = f"image blocks {args.start_layer}..{blocks[0] - 1}"
+    if args.method != "legrad":
+        towers += f", text blocks {args.start_layer_text}..{blocks[1] - 1}"
+    return f"settings: {args.method}{' (signed)' if args.signed else ''}, {towers} ({source})"
 
 
 def _terminate(signum, frame):

@@ -313,6 +313,9 @@ class CLIP(nn.Module):
         self.ln_final = LayerNorm(c.transformer_width)
         self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
+        # Explanation settings the weights recommend ({"method", "start_layer", "start_layer_text"}), read from
+        # and written to mini_clip's files; empty for OpenAI's, which keep the original's defaults.
+        self.recommended: dict = {}
         if initialize:  # loading a checkpoint skips it: every value is about to be replaced
             self.initialize_parameters()
 

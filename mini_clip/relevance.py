@@ -23,6 +23,16 @@ Baselines (same API, `method=`):
   relu(sum_c w_c x_tc), with w_c the mean gradient over the tokens (patches; for text, the prompt's
   tokens). This is Grad-CAM on token features, as pytorch-grad-cam applies it to ViTs; the "GradCAM" of
   Chefer et al.'s own code weights the last block's attention map instead.
+
+And a newer gradient method made for CLIP-like ViTs, "legrad" (Bousselham et al., "LeGrad: An Explainability
+Method for Vision Transformers via Feature Formation Sensitivity", ICCV 2025): for each block l from the
+start layer (the authors' default: the last two), the image embedding that block's tokens would give
+(ln_post of their MEAN, then proj, normalised) is scored against the normalised text embedding, s_l; then
+
+    map = sum over l of  mean over heads and query rows of clamp(ds_l/dA_l, min=0)   (patch columns)
+
+It explains the image only (`text` is None). Each block's input is detached, so ds_l/dA_l is the only
+gradient reaching A_l and one batched backward of sum_l s_l gives every layer's term at once.
 """
 from __future__ import annotations
 
@@ -38,10 +48,11 @@ from .image import ImageLike, preprocess
 from .model import CLIP, recording
 from .tokenizer import EOT, token_labels, tokenize
 
-METHODS = ("chefer", "attention", "rollout", "gradcam")
+METHODS = ("chefer", "attention", "rollout", "gradcam", "legrad")
 # start layer when the caller gives none: the original's default for Chefer's method (last block only);
-# all blocks for rollout, whose point is to multiply through them; the last block for the others.
-DEFAULT_START = {"chefer": -1, "attention": -1, "rollout": 0, "gradcam": -1}
+# all blocks for rollout, whose point is to multiply through them; the last two for LeGrad (its authors'
+# layer_index=-2); the last block for the others.
+DEFAULT_START = {"chefer": -1, "attention": -1, "rollout": 0, "gradcam": -1, "legrad": -2}
 
 
 @dataclass
@@ -52,7 +63,8 @@ class Relevance:
         logits: logits_per_image (B, N).
         probs: softmax of the logits over the texts (B, N).
         image: image relevance over the patch grid (B, N, grid, grid).
-        text: per text j, its relevance over the prompt's tokens (start and end excluded), (B, n_j).
+        text: per text j, its relevance over the prompt's tokens (start and end excluded), (B, n_j); None
+            for legrad, which explains the image only.
         labels: per text j, the n_j token strings the scores belong to.
         tokens: the token ids explained (N, context).
         image_matrix: the image relevance matrix (B, N, T, T): R for chefer, the product for rollout, the
@@ -63,7 +75,7 @@ class Relevance:
     logits: torch.Tensor
     probs: torch.Tensor
     image: torch.Tensor
-    text: list[torch.Tensor]
+    text: Optional[list[torch.Tensor]]
     labels: list[list[str]]
     tokens: torch.Tensor
     image_matrix: Optional[torch.Tensor]
@@ -74,9 +86,57 @@ class Relevance:
     signed: bool = False
 
 
+def recommended(model: CLIP) -> dict:
+    """The explanation settings the model's weights recommend ({} when they state none, as OpenAI's):
+    {"method": ..., "start_layer": ..., "start_layer_text": ...}, set by `mini_clip.load` from the file."""
+    return model.recommended
+
+
+def check_recommended(settings: object, model: CLIP) -> dict:
+    """Validate recommended settings read from an (untrusted) weights file; returns them as a dict.
+
+    Raises:
+        ValueError: not an object, an unknown key or method, or a start layer that is not an int in range.
+    """
+    if not isinstance(settings, dict) or not set(settings) <= {"method", "start_layer", "start_layer_text"}:
+        raise ValueError(f"recommended settings must be an object with method, start_layer, start_layer_text; "
+                         f"got {str(settings)[:80]}")
+    if settings.get("method", "chefer") not in METHODS:
+        raise ValueError(f"recommended method {str(settings['method'])[:40]!r} is not one of {', '.join(METHODS)}")
+    for key, blocks in (("start_layer", model.config.vision_layers), ("start_layer_text", model.config.transformer_layers)):
+        value = settings.get(key, -1)
+        if type(value) is not int or not -blocks <= value < blocks:
+            raise ValueError(f"recommended {key} {str(value)[:20]} is not a block of a tower of {blocks}")
+    return dict(settings)
+
+
+def settings(model: CLIP, method: Optional[str] = None, start_layer: Optional[int] = None,
+             start_layer_text: Optional[int] = None,
+             names: tuple[str, str] = ("start_layer", "start_layer_text")) -> tuple[str, int, int]:
+    """The method and start layers an explanation uses: what is given, else the weights' recommendation
+    (its start layers only for its own method), else the original's defaults (DEFAULT_START).
+
+    Args:
+        names: how the caller spells the two start layers in error messages (the CLI: its flags).
+    Returns:
+        (method, image start block, text start block), the blocks as indices from 0.
+    Raises:
+        ValueError: an unknown method, or a start layer outside its tower, with the valid range.
+    """
+    advice = recommended(model)
+    method = method or advice.get("method", "chefer")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if advice.get("method", "chefer") == method:  # the weights' start layers are for their method only
+        start_layer = advice.get("start_layer") if start_layer is None else start_layer
+        start_layer_text = advice.get("start_layer_text") if start_layer_text is None else start_layer_text
+    return (method, _start(start_layer, model.config.vision_layers, method, names[0]),
+            _start(start_layer_text, model.config.transformer_layers, method, names[1]))
+
+
 def _start(start: Optional[int], blocks: int, method: str, name: str) -> int:
     """Normalise a start layer to an index in [0, blocks); -1 is the last block, as in the original."""
-    start = DEFAULT_START[method] if start is None else start
+    start = max(DEFAULT_START[method], -blocks) if start is None else start
     if not -blocks <= start < blocks:
         raise ValueError(f"{name} {start} is out of range for a tower of {blocks} blocks: use -1 (last block "
                          f"only) or 0 .. {blocks - 1} (0 = all blocks), or -{blocks} .. -1 counting from the end")
@@ -118,6 +178,28 @@ def _gradcam(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor) -> torch.T
     mask = mask.to(x.dtype).unsqueeze(-1)  # (P, T, 1)
     weights = (grad * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True)  # (P, 1, C)
     return ((weights * x).sum(dim=-1) * mask.squeeze(-1)).clamp(min=0)  # (P, T)
+
+
+def _legrad(model: CLIP, x: torch.Tensor, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LeGrad from block `start` on, for every (image, text) pair. x: the tokens entering block `start`
+    (B, T, C); returns (logits (B, N), maps (B*N, T-1) over the patches; pair p = i * N + j)."""
+    visual, blocks = model.visual, model.visual.transformer.resblocks[start:]
+    with torch.no_grad():
+        text = model.encode_text(tokens)  # (N, D): a constant, as in the authors' code
+    unit = text / text.norm(dim=-1, keepdim=True)
+    B, N = x.shape[0], tokens.shape[0]
+    with torch.enable_grad(), recording(blocks):
+        score = 0
+        for block in blocks:
+            x = block(x.detach().requires_grad_())  # detached: s_l reaches A_l through this block only
+            f = visual.ln_post(x.mean(dim=1)) @ visual.proj  # (B, D): every token pooled, class token too
+            score = score + (f / f.norm(dim=-1, keepdim=True)) @ unit.t()  # (B, N): s_l summed over l
+        # one backward per pair, batched: pair p's grad_output is one-hot at score[i, j]
+        one_hot = torch.eye(B * N, device=x.device, dtype=score.dtype).view(B * N, B, N)
+        grads = torch.autograd.grad(score, [b.attn_probs for b in blocks], one_hot, is_grads_batched=True)
+    pairs, of_image = torch.arange(B * N, device=x.device), torch.arange(B, device=x.device).repeat_interleave(N)
+    maps = sum(G[pairs, of_image].float().clamp(min=0).mean(dim=1).mean(dim=1)[:, 1:] for G in grads)
+    return model.logits(visual.pool(x.detach()), text), maps
 
 
 # How to fix images given as raw pixels.
@@ -203,7 +285,7 @@ def _as_tokens(model: CLIP, texts: Texts, truncate: bool) -> torch.Tensor:
 
 def relevance(model: CLIP, image: Images, texts: Texts,
               start_layer: Optional[int] = None, start_layer_text: Optional[int] = None,
-              method: str = "chefer", signed: bool = False, truncate: bool = False) -> Relevance:
+              method: Optional[str] = None, signed: bool = False, truncate: bool = False) -> Relevance:
     """Explain every (image, text) pair.
 
     Args:
@@ -218,15 +300,16 @@ def relevance(model: CLIP, image: Images, texts: Texts,
             Refused with a ValueError: no texts, float ids, ids outside [0, vocab_size), a row without
             end-of-text.
         start_layer, start_layer_text: first block explained in each tower: -1 the last block only
-            (the original's default), k blocks k..last, 0 all blocks; None the method's default.
-        method: "chefer", "attention", "rollout" or "gradcam".
+            (the original's default), k blocks k..last, 0 all blocks; None: the weights' recommendation
+            (`recommended(model)`) when it is for this method, else the method's default (DEFAULT_START).
+        method: "chefer", "attention", "rollout", "gradcam" or "legrad" (image maps only); None: the weights'
+            recommended method, else "chefer".
         signed: Chefer only: keep negative evidence (see `_cams_chefer`); off gives the original's numbers.
         truncate: cut texts longer than the context instead of raising.
     Returns:
         A Relevance with logits, probabilities, maps and matrices for every pair.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    method, s_img, s_txt = settings(model, method, start_layer, start_layer_text)
     if signed and method != "chefer":
         raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
     if torch.is_inference_mode_enabled():
@@ -235,8 +318,6 @@ def relevance(model: CLIP, image: Images, texts: Texts,
     tokens = _as_tokens(model, texts, truncate).to(device)
     image = _as_images(image, model.visual.input_resolution).to(device)
     visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
-    s_img = _start(start_layer, len(vblocks), method, "start_layer")
-    s_txt = _start(start_layer_text, len(tblocks), method, "start_layer_text")
     B, N = image.shape[0], tokens.shape[0]
     eot = tokens.argmax(dim=-1)  # (N,) end-of-text positions: 49407 is the largest id
     # Causal attention: padding after the last end-of-text changes nothing that is read, and its relevance
@@ -251,6 +332,15 @@ def relevance(model: CLIP, image: Images, texts: Texts,
         t = model.embed_text(cut)
         for block in tblocks[:s_txt]:
             t = block(t, causal=True)
+    labels = [token_labels(row) for row in tokens.cpu()]
+    grid = int(round((T - 1) ** 0.5))
+    if method == "legrad":  # its own forward: per-block pooled scores, every row of every block
+        logits, maps = _legrad(model, x, tokens, s_img)
+        logits = logits.detach().float().cpu()
+        return Relevance(logits=logits, probs=logits.softmax(dim=-1), text=None, labels=labels,
+                         image=maps.detach().float().cpu().reshape(B, N, grid, grid), tokens=tokens.cpu(),
+                         image_matrix=None, text_matrix=None, method=method, start_layer=s_img,
+                         start_layer_text=s_txt)
     P = B * N  # pairs, p = i * N + j
     of_image = torch.arange(B, device=device).repeat_interleave(N)  # (P,) the image of each pair
     of_text = torch.arange(N, device=device).repeat(B)  # (P,) the text of each pair
@@ -305,7 +395,6 @@ def relevance(model: CLIP, image: Images, texts: Texts,
     if R_img is not None:
         img_map = R_img[:, 0, 1:]
         txt_map = R_txt[torch.arange(P, device=device), eot[of_text]]  # (P, L): end-of-text rows
-    grid = int(round((T - 1) ** 0.5))
     ctx = tokens.shape[1]
     text_matrix = None
     if method == "chefer":  # back to the full context: the cut positions relate only to themselves
@@ -318,7 +407,7 @@ def relevance(model: CLIP, image: Images, texts: Texts,
         probs=logits.softmax(dim=-1),
         image=img_map.detach().float().cpu().reshape(B, N, grid, grid),
         text=[txt_map[:, j, 1: int(eot[j])] for j in range(N)],
-        labels=[token_labels(row) for row in tokens.cpu()],
+        labels=labels,
         tokens=tokens.cpu(),
         image_matrix=None if R_img is None else R_img.detach().float().cpu().view(B, N, T, T),
         text_matrix=text_matrix,

@@ -5,8 +5,11 @@ negatives such as "a red star" / "a red circle" / "a blue star" in one batch) an
 explanations: an object's `mask` says where "a red star" is, so a relevance map can be scored by the
 pointing game (does its arg-max cell lie on the mask?).
 
-A scene holds 1-4 non-overlapping shapes on a dark background. Shapes are drawn at SUPERSAMPLE times the
-output resolution and box-filtered down, so edges are anti-aliased. The coverage of a pixel is the
+A scene holds 1-4 non-overlapping shapes on a background drawn by its `World` (WORLDS): "wide" (the default
+and the training world: solid, gradient, noisy and cloudy backgrounds from black to mid-grey, objects 10-40 %
+of the side), "held-out" (stripes and checkerboards training never sees, to measure generalisation) and
+"dark" (the first embedded model's narrower world: dark backgrounds, objects 15-35 %). Shapes are drawn at
+SUPERSAMPLE times the output resolution and box-filtered down, so edges are anti-aliased. The coverage of a pixel is the
 fraction of it the shape covers; the pixel is `background * (1 - coverage) + colour * coverage`, and the
 object's mask is `coverage >= 0.5`. Pixels of partial coverage below 0.5 lie on the mask's border (within
 two pixels of it), and every other pixel outside all masks is pure background. Objects keep MARGIN pixels
@@ -23,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Fixed, mutually distinct colours. Each has a channel >= 190 (and keeps one >= 160 after jitter), so it
-# stands out from the backgrounds, whose channels all stay <= BACKGROUND_MAX; colours that neighbour on
-# the hue wheel (red/orange/yellow, blue/purple) differ by >= 80 in some channel.
+# stands out from the backgrounds, whose channels all stay <= 128 (World.background_max); colours that
+# neighbour on the hue wheel (red/orange/yellow, blue/purple) differ by >= 80 in some channel.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (245, 140, 30),
@@ -36,14 +39,36 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon")
 PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)  # all 35 nameable objects
-BACKGROUNDS: tuple[str, ...] = ("solid", "vertical", "horizontal", "noise")  # gradients run along the named axis
 
-BACKGROUND_MAX = 79  # every background channel is <= this (of 255): dark, so any object colour stands out
+@dataclass(frozen=True)
+class World:
+    """How a family of scenes is drawn.
+
+    `backgrounds` are the kinds drawn (gradients run along the named axis); every background channel stays
+    <= `background_max` (of 255), below every object colour's brightest channel (>= 160 after jitter), so
+    an object always stands out; `size_range` is an object's diameter (its circumscribed circle) as a
+    fraction of the image side.
+    """
+
+    name: str
+    backgrounds: tuple[str, ...]
+    background_max: int
+    size_range: tuple[float, float]
+
+
+WORLDS: dict[str, World] = {
+    # The first embedded model's world. Below ~10 px (0.15 of 64) a star, hexagon and circle blur together.
+    "dark": World("dark", ("solid", "vertical", "horizontal", "noise"), 79, (0.15, 0.35)),
+    # Training's world since: up to mid-grey, low-frequency "clouds" texture, objects from 6 px (at 64) up.
+    "wide": World("wide", ("solid", "vertical", "horizontal", "noise", "clouds"), 128, (0.10, 0.40)),
+    # Never used for training: background families with edges of their own, to test generalisation.
+    "held-out": World("held-out", ("stripes", "checker"), 128, (0.10, 0.40)),
+}
+DEFAULT_WORLD = "wide"
+BACKGROUNDS: tuple[str, ...] = tuple(dict.fromkeys(k for w in WORLDS.values() for k in w.backgrounds))
 BRIGHTNESS_JITTER = (0.85, 1.0)  # an object's RGB is scaled by one factor from this range: varied, unambiguous
-SIZE_RANGE = (0.15, 0.35)  # object diameter (its circumscribed circle) as a fraction of the image side; below
-# ~10 px (0.15 of 64) a star, hexagon and circle blur into one another
 MAX_OBJECTS = 4
-MIN_SIZE = 32  # smallest image side: at 0.15 * 32 = 4.8 px a shape still covers whole pixels
+MIN_SIZE = 32  # smallest image side: at 0.10 * 32 = 3.2 px a shape still covers whole pixels
 SUPERSAMPLE = 4  # draw at 4x and box-filter down: 17 coverage levels per pixel
 MARGIN = 1  # pixels of pure background kept between any two objects
 PLACEMENT_TRIES = 30  # random placements tried per object before the scene settles for fewer objects
@@ -83,7 +108,7 @@ class Obj:
 
 @dataclass(frozen=True, eq=False)
 class Scene:
-    """An RGB image, its objects (in drawing order) and the kind of background (one of BACKGROUNDS)."""
+    """An RGB image, its objects (in drawing order) and the kind of background (one of its world's)."""
 
     image: Image.Image
     objects: list[Obj]
@@ -117,16 +142,39 @@ def _coverage(shape: str, centre: tuple[float, float], diameter: float, angle: f
     return np.asarray(canvas.reduce(s), dtype=np.float32) / 255  # reduce() is a box filter
 
 
-def _background(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
-    """A dark background of the given kind: (size, size, 3) float32, every channel in [0, BACKGROUND_MAX]."""
+def get_world(world: str | World) -> World:
+    """A World, or the one of WORLDS with that name."""
+    if isinstance(world, World):
+        return world
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose one of {', '.join(WORLDS)}")
+    return WORLDS[world]
+
+
+def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.ndarray:
+    """A background of the given kind: (size, size, 3) float32, every channel in [0, top]."""
     if kind == "noise":
-        image = rng.uniform(10, 50, 3) + rng.normal(0, 10, (size, size, 3))
+        image = rng.uniform(10, top - 29, 3) + rng.normal(0, 10, (size, size, 3))
+    elif kind == "clouds":  # smooth blobs: a coarse random grid upsampled bicubically, plus a little grain
+        coarse = rng.uniform(0, top, (int(rng.integers(3, 8)),) * 2 + (3,)).astype(np.float32)
+        image = np.stack([np.asarray(Image.fromarray(coarse[..., c], "F").resize((size, size), Image.BICUBIC))
+                          for c in range(3)], axis=-1) + rng.normal(0, 4, (size, size, 3))
+    elif kind in ("stripes", "checker"):  # two colours; stripes at any angle, checks axis-aligned
+        a, b = rng.uniform(0, top, (2, 3))
+        period = rng.uniform(0.08, 0.25) * size
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        if kind == "stripes":
+            theta = rng.uniform(0, np.pi)
+            on = (xx * np.cos(theta) + yy * np.sin(theta)) % period < period / 2
+        else:
+            on = ((xx // (period / 2)) + (yy // (period / 2))) % 2 == 0
+        image = np.where(on[..., None], a, b)
     else:
-        start, end = rng.uniform(0, BACKGROUND_MAX, (2, 3))
+        start, end = rng.uniform(0, top, (2, 3))
         t = np.linspace(0, 1, size) if kind != "solid" else np.zeros(size)
         t = t[:, None, None] if kind == "vertical" else t[None, :, None]
         image = np.broadcast_to(start + (end - start) * t, (size, size, 3))
-    return np.clip(image, 0, BACKGROUND_MAX).astype(np.float32)
+    return np.clip(image, 0, top).astype(np.float32)
 
 
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
@@ -161,8 +209,8 @@ def _choose_pairs(rng: np.random.Generator, n: int, one_colour: bool, distinct_c
 
 def make_scene(rng: np.random.Generator | int | None = None, size: int = 64, n_objects: int | None = None,
                one_colour: bool = False, distinct_colours: bool = False,
-               anchor: tuple[str, str] | None = None) -> Scene:
-    """Draw one scene of non-overlapping shapes on a dark background.
+               anchor: tuple[str, str] | None = None, world: str | World = DEFAULT_WORLD) -> Scene:
+    """Draw one scene of non-overlapping shapes on a background of its world.
 
     Args:
         rng: a numpy Generator (advanced in place) or a seed; the same seed gives the same scene.
@@ -173,23 +221,24 @@ def make_scene(rng: np.random.Generator | int | None = None, size: int = 64, n_o
         distinct_colours: all objects have distinct colours. Without either flag, (colour, shape) pairs are
             distinct but colours or shapes may repeat.
         anchor: the (colour, shape) of the first object, which is always placed (e.g. the one a caption names).
+        world: a World or a name in WORLDS: backgrounds, their brightness and the objects' sizes.
 
     Returns:
         A Scene; each Obj's mask is True where its coverage is >= 0.5 (see the module docstring).
     """
     if size < MIN_SIZE:
         raise ValueError(f"size is {size}; scenes need at least {MIN_SIZE} px so the smallest shape stays visible")
-    rng = np.random.default_rng(rng)
+    rng, w = np.random.default_rng(rng), get_world(world)
     if n_objects is None:
         n_objects = int(rng.integers(2 if one_colour else 1, MAX_OBJECTS + 1))
     pairs = _choose_pairs(rng, n_objects, one_colour, distinct_colours, anchor)
-    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    image = _background(rng, kind, size)
+    kind = w.backgrounds[rng.integers(len(w.backgrounds))]
+    image = _background(rng, kind, size, w.background_max)
     occupied = np.zeros((size, size), dtype=bool)  # every object's partial coverage, grown by MARGIN
     objects: list[Obj] = []
     for colour, shape in pairs:
         for _ in range(PLACEMENT_TRIES):
-            diameter = float(rng.uniform(*SIZE_RANGE)) * size
+            diameter = float(rng.uniform(*w.size_range)) * size
             x, y = rng.uniform(diameter / 2, size - diameter / 2, 2)  # the circumscribed circle fits inside
             angle = 0.0 if shape == "circle" else float(rng.uniform(0, 360))
             cover = _coverage(shape, (x, y), diameter, angle, size)
@@ -248,7 +297,7 @@ def _caption_plan(rng: np.random.Generator, n: int, group_size: int) -> list[tup
 
 def sample_scenes(rng: np.random.Generator | int | None, batch_size: int, size: int = 64,
                   max_objects: int = MAX_OBJECTS, one_colour_fraction: float = 0.25,
-                  group_size: int = 4) -> tuple[list[Scene], list[str]]:
+                  group_size: int = 4, world: str | World = DEFAULT_WORLD) -> tuple[list[Scene], list[str]]:
     """A contrastive training batch: scenes, each paired with a caption naming one of its objects.
 
     Captions come in groups of `group_size` that share a colour but differ in shape, alternating with groups
@@ -265,6 +314,7 @@ def sample_scenes(rng: np.random.Generator | int | None, batch_size: int, size: 
         max_objects: curriculum knob, 1 to MAX_OBJECTS: each scene holds 1..max_objects objects.
         one_colour_fraction: probability that a scene is one-colour (ignored when max_objects is 1).
         group_size: captions per shared-colour or shared-shape group.
+        world: how the scenes are drawn (see WORLDS).
 
     Returns:
         (scenes, captions); captions[i] names scenes[i].objects[0].
@@ -278,18 +328,18 @@ def sample_scenes(rng: np.random.Generator | int | None, batch_size: int, size: 
     for anchor in plan:
         one_colour = max_objects >= 2 and rng.random() < one_colour_fraction
         n = int(rng.integers(2 if one_colour else 1, max_objects + 1))
-        scenes.append(make_scene(rng, size, n, one_colour=one_colour, anchor=anchor))
+        scenes.append(make_scene(rng, size, n, one_colour=one_colour, anchor=anchor, world=world))
     return scenes, [caption(*a) for a in plan]
 
 
 def sample_batch(rng: np.random.Generator | int | None, batch_size: int, size: int = 64,
                  max_objects: int = MAX_OBJECTS, one_colour_fraction: float = 0.25,
-                 group_size: int = 4) -> tuple[np.ndarray, list[str]]:
+                 group_size: int = 4, world: str | World = DEFAULT_WORLD) -> tuple[np.ndarray, list[str]]:
     """`sample_scenes` with the images stacked: returns (uint8 array (B, H, W, 3), captions).
 
     Args and batch composition: see `sample_scenes`.
     """
-    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction, group_size)
+    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction, group_size, world)
     return np.stack([np.asarray(s.image) for s in scenes]), captions
 
 

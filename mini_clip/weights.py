@@ -29,6 +29,7 @@ from . import hf
 from .archive import MAX_INFLATION, UnsafeArchiveError, check_pickles, check_zip, read_entry
 from .image import preprocess
 from .model import CLIP, PRESETS, CLIPConfig, summary
+from .relevance import check_recommended, recommended
 from .torchscript import is_torchscript, read_torchscript
 
 PathLike = Union[str, os.PathLike]
@@ -272,17 +273,26 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
         path = fetch(path)  # downloaded, verified and converted once, then read from the cache
     elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
         raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
-    sd, config, _ = read_checkpoint(path)
+    sd, config, metadata = read_checkpoint(path)
     model = build(sd, config, str(path), device, dtype)
+    if "explain" in metadata:  # the settings its model is best explained with (see relevance.recommended)
+        try:
+            model.recommended = check_recommended(json.loads(metadata["explain"]), model)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise WeightsError(f"{path}: damaged explanation settings in the metadata ({e})") from None
     return model, functools.partial(preprocess, size=model.config.image_resolution)
 
 
 def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write mini_clip's format: safetensors with OpenAI's key names and the config in the metadata.
+    """Write mini_clip's format: safetensors with OpenAI's key names, the config in the metadata, and the
+    explanation settings the model recommends (`model.recommended`, if set) under "explain".
 
     The file is written to a temporary name and renamed, so a reader never sees half a file.
     """
-    meta = {"format": "mini_clip", "config": json.dumps(dataclasses.asdict(model.config)), **(metadata or {})}
+    meta = {"format": "mini_clip", "config": json.dumps(dataclasses.asdict(model.config))}
+    if recommended(model):
+        meta["explain"] = json.dumps(recommended(model))
+    meta.update(metadata or {})
     data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
     atomic_write(path, lambda f: f.write(data))
 

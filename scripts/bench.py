@@ -263,6 +263,26 @@ def original_relevance(model, image: torch.Tensor, tokens: torch.Tensor, start: 
     return out.logits_per_image.detach()[:1], R_image[:, 0, 1:], eot_rows
 
 
+def original_legrad(model, image: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """LeGrad as its authors compute it (legrad-torch, LeWrapper.compute_legrad_clip), on transformers' CLIPModel
+    with eager attention: the image repeated once per text, each layer's tokens mean-pooled through the
+    post-LayerNorm and projection, and one `torch.autograd.grad` call per layer. Returns (N, grid*grid)."""
+    n = tokens.shape[0]
+    with torch.no_grad():
+        text = model.text_projection(model.text_model(input_ids=tokens).pooler_output)
+        text = torch.nn.functional.normalize(text, dim=-1)
+    out = model.vision_model(pixel_values=image.repeat(n, 1, 1, 1), output_attentions=True, output_hidden_states=True)
+    layers = len(out.attentions)
+    first = layers + start if start < 0 else start
+    total = 0
+    for layer in range(first, layers):
+        feature = model.visual_projection(model.vision_model.post_layernorm(out.hidden_states[layer + 1].mean(dim=1)))
+        score = (torch.nn.functional.normalize(feature, dim=-1) * text).sum()  # the diagonal: copy j, text j
+        grad = torch.autograd.grad(score, [out.attentions[layer]], retain_graph=True)[0]
+        total = total + grad.clamp(min=0).mean(dim=1).mean(dim=1)[:, 1:]
+    return total
+
+
 def bench_explain(m: Models, repeats: int, starts: tuple[int, ...], long_s: float) -> list[Row]:
     image = image_batch(1, m.config, seed=1)
     tokens = mini_clip.tokenize(PROMPTS)
@@ -277,7 +297,10 @@ def bench_explain(m: Models, repeats: int, starts: tuple[int, ...], long_s: floa
         fns[f"ours{start}"] = lambda s=start: mini_clip.relevance(m.mini, image, tokens, start_layer=s,
                                                                     start_layer_text=s)
         fns[f"original{start}"] = lambda s=start: original_relevance(m.hf_eager, image, tokens, s)
+    fns["legrad"] = lambda: mini_clip.relevance(m.mini, image, tokens, method="legrad")  # its default: last 2
+    fns["original legrad"] = lambda: original_legrad(m.hf_eager, image, tokens, -2)
     t, out = measure(fns, repeats, long_s)
+    check(f"{m.name} legrad image maps", out["legrad"].image.flatten(2)[0], out["original legrad"])
     for start in starts:  # the same maps as the original's, or the timings compare nothing
         ours, (logits, image_map, text_rows) = out[f"ours{start}"], out[f"original{start}"]
         check(f"{m.name} logits", ours.logits, logits)
@@ -299,6 +322,14 @@ def bench_explain(m: Models, repeats: int, starts: tuple[int, ...], long_s: floa
         rows.append(Row(f"{what}: vs original", seconds(ours),
                         f"notebook on transformers eager {seconds(t[f'original{start}'])}",
                         *faster(t[f"original{start}"], ours, 5)))
+    what = f"explain {m.name}, 1 image × 8 prompts, legrad (last 2 blocks)"
+    rows.append(Row(f"{what}: vs own forward", seconds(t["legrad"]), f"mini_clip no-grad forward {seconds(t['forward'])}",
+                    f"{t['legrad'] / t['forward']:.2f}× the forward"))
+    rows.append(Row(f"{what}: vs chefer start -1", seconds(t["legrad"]), f"mini_clip chefer {seconds(t['ours-1'])}",
+                    f"{t['legrad'] / t['ours-1']:.2f}× chefer's time"))
+    rows.append(Row(f"{what}: vs the authors' approach", seconds(t["legrad"]),
+                    f"LeGrad's algorithm on transformers eager {seconds(t['original legrad'])}",
+                    *faster(t["original legrad"], t["legrad"], None)))
     return rows
 
 

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from mini_clip import CLIP, CLIPConfig, WeightsError, save
-from mini_clip.evaluate import evaluate, evaluation_scenes, summary
+from mini_clip.evaluate import choose_settings, evaluate, evaluation_scenes, summary
 from mini_clip.image import normalize
-from mini_clip.scenes import caption_matches, hard_negatives, sample_scenes
+from mini_clip.scenes import DEFAULT_WORLD, WORLDS, caption_matches, hard_negatives, sample_scenes
 from mini_clip.tokenizer import tokenize
 from mini_clip.weights import build, read_checkpoint
 
@@ -52,10 +52,11 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return normalize(torch.from_numpy(images).float().div_(255).permute(0, 3, 1, 2))
 
 
-def make_batch(rng: np.random.Generator, batch_size: int, size: int, max_objects: int, one_colour: float):
+def make_batch(rng: np.random.Generator, batch_size: int, size: int, max_objects: int, one_colour: float,
+               world: str = DEFAULT_WORLD):
     """Images, texts (the B paired captions, then 2 text-only hard negatives per image) and the (B, texts)
     matrix of which texts are true of which image."""
-    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction=one_colour)
+    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction=one_colour, world=world)
     negatives = []
     for scene in scenes:
         for swap in ("shape", "colour"):
@@ -78,13 +79,15 @@ def contrastive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Tenso
 
 def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3, warmup: int = 500,
           seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None,
-          init=None, curriculum: bool = True, select_every: int = 0, select_scenes: int = 100) -> list[float]:
+          init=None, curriculum: bool = True, select_every: int = 0, select_scenes: int = 100,
+          world: str = DEFAULT_WORLD) -> list[float]:
     """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's loss.
     With select_every, `out` holds the best-pointing step on the validation scenes (see the module docstring)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     settings = dict(steps=0, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed, one_colour_fraction=one_colour,
-                    continued_from=None, data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
+                    continued_from=None, world=world,
+                    data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
                     loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
     if init is None:
         model = CLIP(config)
@@ -100,11 +103,12 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / steps))))
     losses, start = [], time.time()
-    validation = evaluation_scenes(select_scenes, VALIDATION_SEED, config.image_resolution) if select_every else []
+    validation = (evaluation_scenes(select_scenes, VALIDATION_SEED, config.image_resolution, world)
+                  if select_every else [])
     best = -1.0
     for step in range(steps):
         max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps))) if curriculum else 4  # 1 -> 4 objects
-        images, tokens, matches = make_batch(rng, batch_size, config.image_resolution, max_objects, one_colour)
+        images, tokens, matches = make_batch(rng, batch_size, config.image_resolution, max_objects, one_colour, world)
         logits_per_image, _ = model(images, tokens)
         loss = contrastive_loss(logits_per_image, matches)
         opt.zero_grad(set_to_none=True)
@@ -132,7 +136,22 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
                     _save(model, out, dict(settings, steps=done, selected_by=selected_by))
         elif out and not select_every and checkpoint and (done % checkpoint == 0 or done == steps):
             _save(model, out, dict(settings, steps=done))
+    if out:
+        recommend(out, world, select_scenes)
     return losses
+
+
+def recommend(path, world: str = DEFAULT_WORLD, scenes: int = 100) -> dict:
+    """Choose the explanation settings of the model in `path` on validation scenes (never the evaluation's)
+    and write them into the file's metadata (see mini_clip.evaluate.choose_settings); returns them."""
+    sd, config, metadata = read_checkpoint(path)
+    model = build(sd, config, str(path))
+    validation = evaluation_scenes(scenes, VALIDATION_SEED, config.image_resolution, world)
+    model.recommended = choose_settings(model, validation)
+    print(f"recommended explanation settings (on {scenes} validation scenes of {world!r}): {model.recommended}",
+          flush=True)
+    save(model.half(), path, {k: v for k, v in metadata.items() if k == "training"})  # fp16 again: exact
+    return model.recommended
 
 
 def validation_pointing(model: CLIP, scenes) -> dict[str, float]:
@@ -164,6 +183,10 @@ def main() -> int:
     p.add_argument("--vision-layers", type=int, default=SHIPPED.vision_layers, help="image tower depth")
     p.add_argument("--init", help="continue from this weights file (its architecture; no curriculum)")
     p.add_argument("--one-colour", type=float, default=0.4, help="fraction of one-colour scenes per batch")
+    p.add_argument("--world", choices=[w for w in WORLDS if w != "held-out"], default=DEFAULT_WORLD,
+                   help="the scenes trained and validated on (the held-out world is kept for evaluation)")
+    p.add_argument("--recommend-only", action="store_true", help="train nothing: choose the explanation "
+                   "settings of the model already in --out on validation scenes and write them into it")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args()
     problem = bad_flag(args)
@@ -174,9 +197,13 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     config = MICRO if args.micro else dataclasses.replace(SHIPPED, vision_layers=args.vision_layers)
     try:
+        if args.recommend_only:
+            recommend(args.out, args.world, args.select_scenes)
+            return 0
         train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
               seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out, init=args.init,
-              curriculum=args.init is None, select_every=args.select_every, select_scenes=args.select_scenes)
+              curriculum=args.init is None, select_every=args.select_every, select_scenes=args.select_scenes,
+              world=args.world)
     except (WeightsError, OSError, ValueError) as e:
         if args.debug:
             raise

@@ -44,6 +44,13 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
 
+def tables(stdout: str) -> list[str]:
+    """The report's lines after its first block, the settings line."""
+    head, _, rest = stdout.partition("\n\n")
+    assert head.startswith("settings: "), stdout
+    return rest.splitlines()
+
+
 def temp_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob(".*.tmp"))
 
@@ -194,8 +201,9 @@ def test_terminal_table_sorts_texts_best_first(mixed_run, weights, pictures):
     proc, _ = mixed_run
     model, _ = mini_clip.load(weights)
     blocks = [b for b in proc.stdout.split("\n\n") if b.strip()]
-    assert len(blocks) == 2
-    for block, name in zip(blocks, ("portrait", "landscape")):
+    assert len(blocks) == 3
+    assert blocks[0] == "settings: chefer, image blocks 1..1, text blocks 1..1 (the rest the method's defaults)"
+    for block, name in zip(blocks[1:], ("portrait", "landscape")):
         lines = block.splitlines()
         assert lines[0].endswith(f"{name}.png") and lines[1].split() == ["prob", "logit", "text"]
         rows = lines[2: 2 + len(TEXTS)]
@@ -654,7 +662,7 @@ def test_progress_line_is_erased_before_results_and_errors(tmp_path, weights, pi
 def test_one_text_says_its_probability_is_always_100_percent(driver_runs):
     run = driver_runs[0]["one text"]
     assert run["rc"] == 0 and error_lines(run["stderr"]) == [], run
-    lines = run["stdout"].splitlines()
+    lines = tables(run["stdout"])
     assert lines[1].split() == ["logit", "prob", "text"]  # the logit first: the probability says nothing
     assert "always 100 %" in run["stdout"]
 
@@ -665,7 +673,7 @@ def test_texts_file_bom_is_dropped_and_control_characters_stay_on_one_line(drive
     assert run["rc"] == 0 and error_lines(run["stderr"]) == [], run
     document = json.loads((outs["bom and control characters"] / "results.json").read_text())
     assert [t["text"] for t in document["results"][0]["texts"]] == ["one\ntwo\x1b[2J", "a red square"]
-    lines = run["stdout"].splitlines()
+    lines = tables(run["stdout"])
     assert lines[1].split() == ["prob", "logit", "text"]
     rows = lines[2:4]
     assert sorted(row.split(None, 2)[2] for row in rows) == ["a red square", "one\\ntwo\\x1b[2J"]
@@ -676,6 +684,30 @@ def test_an_odd_file_name_is_explained_and_printed_escaped(driver_runs):
     runs, outs, _ = driver_runs
     run = runs["odd file name"]
     assert run["rc"] == 0 and error_lines(run["stderr"]) == [], run
-    assert run["stdout"].splitlines()[0].endswith("odd-\\udcff-\\u202e.png")
+    assert tables(run["stdout"])[0].endswith("odd-\\udcff-\\u202e.png")
     folders = [p.name for p in outs["odd file name"].iterdir() if p.is_dir()]
     assert folders == ["odd-_-_"]
+
+
+def test_settings_come_from_the_weights_unless_given_and_are_recorded(tmp_path, weights, pictures):
+    model, _ = mini_clip.load(weights)
+    model.recommended = {"method": "chefer", "start_layer": 0, "start_layer_text": 0}
+    advised = tmp_path / "advised.safetensors"
+    mini_clip.save(model, advised)
+    proc = cli(pictures["square"], "--weights", advised, "--text", "a red square", "--out", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr
+    assert tables(proc.stdout) and proc.stdout.startswith(
+        "settings: chefer, image blocks 0..1, text blocks 0..1 (the rest as the weights recommend)\n")
+    used = json.loads((tmp_path / "a" / "results.json").read_text())["settings"]
+    assert (used["method"], used["start_layer"], used["start_layer_text"]) == ("chefer", 0, 0)
+    assert used["recommended_by_weights"] == model.recommended
+    proc = cli(pictures["square"], "--weights", advised, "--text", "a red square", "--out", tmp_path / "b",
+               "--start-layer", "-1", "--method", "legrad")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("settings: legrad, image blocks 1..1 (given: --method, --start-layer)\n")
+    assert "words: none (legrad explains the image only)" in proc.stdout
+    record = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert record["settings"]["method"] == "legrad" and record["results"][0]["texts"][0]["tokens"] == []
+    proc = cli(pictures["square"], "--weights", advised, "--text", "a red square", "--out", tmp_path / "c",
+               "--method", "legrad", "--signed")
+    assert proc.returncode == 2 and "--signed works with --method chefer only" in proc.stderr

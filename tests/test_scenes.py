@@ -11,6 +11,11 @@ import pytest
 from mini_clip import scenes as S
 
 SEEDS = range(60)
+# Each world's promise, written here independently of the code: (smallest, largest object diameter as a
+# fraction of the side, brightest background channel, background kinds).
+WORLDS = {"dark": (0.15, 0.35, 79, {"solid", "vertical", "horizontal", "noise"}),
+          "wide": (0.10, 0.40, 128, {"solid", "vertical", "horizontal", "noise", "clouds"}),
+          "held-out": (0.10, 0.40, 128, {"stripes", "checker"})}
 # Area of each shape with circumradius 1: pi; a square of diagonal 2; 3 sqrt(3) / 4 for the equilateral
 # triangle; 10 triangles of sides 1 and 0.45 at 36 degrees for the star; 6 equilateral triangles.
 UNIT_AREA = {"circle": math.pi, "square": 2.0, "triangle": 3 * math.sqrt(3) / 4,
@@ -30,7 +35,8 @@ def grow(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def shrink(mask: np.ndarray, r: int) -> np.ndarray:
-    return ~grow(~mask, r)
+    """Erosion by r pixels; outside the image counts as off the mask (a shape may touch the image's edge)."""
+    return ~grow(~np.pad(mask, r), r)[r:-r, r:-r]
 
 
 def test_same_seed_same_scene_and_different_seeds_differ():
@@ -48,13 +54,27 @@ def test_same_seed_same_scene_and_different_seeds_differ():
     assert not np.array_equal(x1, x3)
 
 
-@pytest.mark.parametrize("size", [64, 224])
-def test_masks_match_pixels_and_do_not_overlap(size):
+def test_worlds_are_the_promised_ones_and_the_default_is_wide():
+    assert set(S.WORLDS) == set(WORLDS) and S.DEFAULT_WORLD == "wide"
+    for name, (low, high, top, kinds) in WORLDS.items():
+        assert S.WORLDS[name].size_range == (low, high) and S.WORLDS[name].background_max == top
+        assert set(S.WORLDS[name].backgrounds) == kinds
+        seen = {S.make_scene(seed, world=name).background for seed in range(80)}
+        assert seen == kinds, (name, seen)
+    # training never sees the held-out world's backgrounds
+    assert not set(S.WORLDS["held-out"].backgrounds) & set(S.WORLDS["wide"].backgrounds)
+    with pytest.raises(ValueError, match="unknown world 'bright'; choose one of dark, wide, held-out"):
+        S.make_scene(0, world="bright")
+
+
+@pytest.mark.parametrize("size,world", [(64, "dark"), (64, "wide"), (64, "held-out"), (224, "wide")])
+def test_masks_match_pixels_and_do_not_overlap(size, world):
+    low, high, top, kinds = WORLDS[world]
     for seed in SEEDS if size == 64 else range(6):
-        scene = S.make_scene(seed, size=size)
+        scene = S.make_scene(seed, size=size, world=world)
         image = np.asarray(scene.image).astype(float)
         assert scene.image.mode == "RGB" and scene.image.size == (size, size)
-        assert 1 <= len(scene.objects) <= 4 and scene.background in S.BACKGROUNDS
+        assert 1 <= len(scene.objects) <= 4 and scene.background in kinds
         union = np.zeros((size, size), dtype=int)
         for obj in scene.objects:
             assert obj.mask.shape == (size, size) and obj.mask.dtype == bool
@@ -76,7 +96,7 @@ def test_masks_match_pixels_and_do_not_overlap(size):
             assert nearest == obj.colour, (seed, obj.caption, mean)
             # size: fraction of the side; the mask lies in the circumscribed circle's box (an interval of
             # length L meets at most ceil(L) + 1 pixels); its area is the shape's, up to the edge pixels
-            assert 0.15 * size - 1e-6 <= obj.size <= 0.35 * size + 1e-6
+            assert low * size - 1e-6 <= obj.size <= high * size + 1e-6
             ys, xs = np.nonzero(obj.mask)
             span = math.ceil(obj.size) + 1
             assert xs.max() - xs.min() + 1 <= span and ys.max() - ys.min() + 1 <= span
@@ -86,9 +106,9 @@ def test_masks_match_pixels_and_do_not_overlap(size):
             assert abs(xs.mean() + 0.5 - obj.centre[0]) < 1 and abs(ys.mean() + 0.5 - obj.centre[1]) < 1
             assert (obj.angle == 0) if obj.shape == "circle" else (0 <= obj.angle < 360)
         assert union.max() <= 1, "two masks overlap"
-        # away from every object (2 px beyond the masks) there is only dark background
+        # away from every object (2 px beyond the masks) there is only background, no brighter than promised
         outside = ~grow(union > 0, 2)
-        assert image[outside].max() <= S.BACKGROUND_MAX
+        assert image[outside].max() <= top
 
 
 def test_objects_are_separated_by_background():

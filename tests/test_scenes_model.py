@@ -20,6 +20,7 @@ from safetensors import safe_open
 import mini_clip
 from mini_clip import evaluate as E
 from mini_clip.model import CLIP
+from mini_clip import scenes as S
 from mini_clip.scenes import Obj, Scene
 from mini_clip.weights import DEFAULT_WEIGHTS
 from reference import load_module
@@ -258,8 +259,6 @@ def test_evaluate_records_every_object_on_a_micro_model(train_scenes):
         # nothing and everything deleted are the same images whatever the order: the curves agree there
         ends = {(float(c[0]), float(c[-1])) for c in o.deletion.values()}
         assert len(ends) == 1, ends
-    table = E.format_report(report)
-    assert "| pointing %: chefer |" in table and "target pointing (chefer) >= 90 %" in table
     with pytest.raises(ValueError, match="the model's input is 32 px"):
         E.evaluate(model, E.evaluation_scenes(1, size=64), deletion_intervals=None)
 
@@ -273,8 +272,55 @@ def test_evaluation_script_prints_the_table(tmp_path, train_scenes):
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_scenes.py"), "--scenes", "2",
                           "--weights", str(weights), "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "2 scenes (1 one-colour, 1 multi-colour)" in run.stdout and "training step 0" in run.stdout
+    assert "2 scenes per world" in run.stdout and "training step 0" in run.stdout
+    assert "| measure | wide: all (" in run.stdout and "| held-out: all (" in run.stdout
     assert "| deletion AUC (lower is better): random |" in run.stdout
+    assert "| words: relevance on colour + shape %: chefer, last text block |" in run.stdout
+    assert "- target pointing with the recommended setting (chefer) >= 90 %: " in run.stdout
+
+
+def test_words_are_scored_per_word_and_the_content_share_is_colour_plus_shape():
+    # 'hexagon' is two BPE pieces ('hex', 'agon'): its score is their sum
+    assert E.word_scores(torch.tensor([1.0, 2.0, 3.0, 4.0]), ["a", "red", "hexagon"]).tolist() == [1, 2, 7]
+    with pytest.raises(ValueError, match="3 token scores"):
+        E.word_scores(torch.tensor([1.0, 2.0, 3.0]), ["a", "red", "hexagon"])
+    assert E.content_share(np.array([1.0, 2.0, 1.0])) == 0.75
+    assert E.content_share(np.array([-1.0, 3.0, 1.0])) == 1.0  # negative evidence is not mass
+    assert E.content_share(np.zeros(3)) == pytest.approx(2 / 3)
+
+
+def test_evaluate_text_on_a_micro_model(train_scenes):
+    torch.manual_seed(0)
+    model = CLIP(train_scenes.MICRO).eval()
+    scenes = E.evaluation_scenes(2, size=32)
+    results = E.evaluate_text(model, scenes)
+    assert [r.caption for r in results] == [c for s in scenes for c in s.captions]
+    for r, obj in zip(results, [o for s in scenes for o in s.objects]):
+        assert set(r.content) == {e[0] for e in E.TEXT_EXPLAINERS}
+        assert all(0 <= v <= 1 for v in r.content.values())
+        chefer = {e[0] for e in E.TEXT_EXPLAINERS if e[1] == "chefer"}
+        assert set(r.against) == chefer
+        scene = scenes[r.scene]
+        n_negatives = len(S.hard_negatives(scene, obj, "shape")) + len(S.hard_negatives(scene, obj, "colour"))
+        assert all(len(v) == n_negatives for v in r.against.values())
+    rows = dict(E.text_summary(results))
+    assert len(rows) == len(E.TEXT_EXPLAINERS) + 2
+
+
+def test_targets_read_the_recommended_rows(train_scenes):
+    script = load_module("evaluate_scenes", ROOT / "scripts" / "evaluate_scenes.py")
+    assert script.recommended_labels({}, 5, 2) == ("chefer", "chefer, last text block")
+    explain = {"explain": json.dumps({"method": "chefer", "start_layer": 0, "start_layer_text": 0})}
+    assert script.recommended_labels(explain, 5, 2) == ("chefer, all blocks", "chefer, all text blocks")
+    rows = {"wide": {"pointing %: chefer": [80.0] * 3, "pointing %: chefer, all blocks": [93.0] * 3,
+                     "zero-shot: comparisons won %": [97.0] * 3},
+            "held-out": {"pointing %: chefer, all blocks": [87.0] * 3, "zero-shot: comparisons won %": [92.0] * 3}}
+    met = dict(script.targets(rows, "chefer, all blocks", "chefer, all text blocks"))
+    assert met["pointing with the recommended setting (chefer, all blocks) >= 90 %"]
+    assert not met["pointing with the last block only (chefer) >= 85 %"]
+    assert not met["held-out world: pointing (recommended) at most 5 points below wide"]  # 87 < 93 - 5
+    assert met["held-out world: zero-shot at most 5 points below wide"]  # 92 >= 97 - 5
+    assert not met["words: relevance on colour + shape with the recommended setting (chefer, all text blocks) >= 90 %"]
 
 
 def test_evaluation_script_fails_in_one_line(tmp_path, monkeypatch, capsys):
