@@ -46,6 +46,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--texts-file", type=Path, help="a file with one text per line")
     p.add_argument("--weights", help="checkpoint file or Hugging Face directory, or a name such as ViT-B/32 "
                                      "(default: the embedded scenes model)")
+    p.add_argument("--arch", help="OpenCLIP architecture of weights that do not state theirs, e.g. ViT-H-14 "
+                                   "(names: mini_clip.zoo.ARCHS)")
     p.add_argument("--method", choices=METHODS, default="chefer")
     p.add_argument("--start-layer", type=int, help="first image block explained: -1 last only (default), 0 all")
     p.add_argument("--start-layer-text", type=int, help="first text block explained: -1 last only (default), 0 all")
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--signed works with --method chefer only, not {args.method}")
     with warnings.catch_warnings(record=True) as caught:  # the loader's warnings, as one line each
         warnings.simplefilter("always")
-        model, _ = load(args.weights, device=args.device)
+        model, _ = load(args.weights, device=args.device, arch=args.arch)
     for w in caught:
         print(f"mini_clip.explain: warning: {w.message}", file=sys.stderr)
     for k, text in enumerate(texts):

@@ -344,13 +344,15 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
         if not path.exists():
             raise WeightsError(f"{path}: the embedded default model is missing; reinstall mini_clip from its "
                                "repository (pip install -e .) or pass a weights file")
-    elif isinstance(path, str) and path in PRESETS:
+    elif isinstance(path, str) and "ViT" in path and "/" in path:
         # A name means the model, as in clip.load, even where a folder of that name exists ("./ViT-B/32" is
         # the folder). Imported here: download imports this module.
-        from .download import fetch
-        path = fetch(path)  # downloaded, verified and converted once, then read from the cache
-    elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
-        raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
+        from .download import MODELS, OPENCLIP_MODELS, fetch
+        if path in MODELS or path in OPENCLIP_MODELS:
+            path = fetch(path)  # downloaded, verified and converted once, then read from the cache
+        elif not os.path.exists(path):
+            raise WeightsError(f"unknown model {path!r} (and no such file); valid names: "
+                               f"{', '.join([*MODELS, *OPENCLIP_MODELS])}")
     sd, config, metadata = read_checkpoint(path, arch)
     model = build(sd, config, str(path), device, dtype)
     try:
