@@ -1,6 +1,14 @@
-"""OpenAI's public CLIP checkpoints by name: download, verify, resume, and convert once to mini_clip's format.
+"""Public CLIP checkpoints by name (OpenAI's, and OpenCLIP's most used): download, verify, resume, and
+convert once to mini_clip's format.
 
     python -m mini_clip.download ViT-B/32          # prints the path of ViT-B-32.safetensors in the cache
+    python -m mini_clip.download ViT-H-14/laion2b_s32b_b79k
+
+OpenCLIP's checkpoints (`ARCH/TAG`, open_clip's names) come from the Hugging Face repositories open_clip's
+pretrained table names, as `<ARCH>-<TAG>.open_clip_model.safetensors`; neither open_clip nor the address
+gives a hash or a size, so they are checked by structure instead: the conversion, made with the named
+architecture, refuses a file in which any tensor is missing or has another shape. The converted file
+states the architecture and the preprocessing (open_clip's for that tag).
 
 The cache (`$MINI_CLIP_CACHE`, else `~/.cache/mini_clip`) holds, per model, OpenAI's TorchScript file
 `ViT-B-32.pt` (kept, so the conversion can be redone and the file checked against OpenAI's hash) and the
@@ -24,6 +32,7 @@ from typing import Optional, Union
 
 import torch
 
+from .image import OPENAI, Preprocessing
 from .model import PRESETS
 from .weights import WeightsError, build, read_checkpoint, save
 
@@ -35,6 +44,19 @@ MODELS = {
     "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
 }
 BASE_URL = "https://openaipublic.azureedge.net/clip/models/"
+
+INCEPTION = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # open_clip's INCEPTION_MEAN/STD
+# ARCH/TAG -> (Hugging Face repository, architecture (zoo.ARCHS), preprocessing), from open_clip 3.3's
+# pretrained.py; the file is the repository's open_clip_model.safetensors (what open_clip itself prefers).
+OPENCLIP_MODELS = {
+    "ViT-B-32/laion2b_s34b_b79k": ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "ViT-B-32", OPENAI),
+    "ViT-B-16/laion2b_s34b_b88k": ("laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "ViT-B-16", OPENAI),
+    "ViT-L-14/laion2b_s32b_b82k": ("laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "ViT-L-14", INCEPTION),
+    "ViT-L-14/datacomp_xl_s13b_b90k": ("laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K", "ViT-L-14", OPENAI),
+    "ViT-H-14/laion2b_s32b_b79k": ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "ViT-H-14", OPENAI),
+}
+HF_URL = "https://huggingface.co/"
+OPENCLIP_FILE = "open_clip_model.safetensors"
 CHUNK = 1 << 20  # bytes per read: small enough for a lively progress line, large enough to be cheap
 TIMEOUT_S = 30.0  # per connect and per read; a stalled server fails instead of hanging forever
 PathLike = Union[str, os.PathLike]
@@ -49,10 +71,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINI_CLIP_CACHE") or Path.home() / ".cache" / "mini_clip")
 
 
-def check_name(name: str) -> tuple[str, str]:
-    """(sha256, file name) of a model name; WeightsError listing the valid names for anything else."""
+def check_name(name: str) -> tuple[Optional[str], str]:
+    """(sha256 or None where none is published, file name) of a model name; WeightsError listing the valid
+    names for anything else."""
+    if name in OPENCLIP_MODELS:
+        return None, f"{name.replace('/', '-')}.{OPENCLIP_FILE}"
     if name not in MODELS:
-        raise WeightsError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise WeightsError(f"unknown model {name!r}; valid names: {', '.join([*MODELS, *OPENCLIP_MODELS])}")
     return MODELS[name]
 
 
@@ -113,14 +138,16 @@ def _download(url: str, part: Path, name: str, progress: bool) -> None:
                             f"run again to resume from {part}")
 
 
-def fetch(name: str, cache: Optional[PathLike] = None, base_url: str = BASE_URL, offline: Optional[bool] = None,
-          progress: bool = True) -> Path:
+def fetch(name: str, cache: Optional[PathLike] = None, base_url: Optional[str] = None,
+          offline: Optional[bool] = None, progress: bool = True) -> Path:
     """The converted mini_clip `.safetensors` of an OpenAI model, downloading and converting it if needed.
 
     Args:
-        name: "ViT-B/32", "ViT-B/16", "ViT-L/14" or "ViT-L/14@336px".
+        name: "ViT-B/32", "ViT-B/16", "ViT-L/14" or "ViT-L/14@336px" (MODELS), or an OpenCLIP ARCH/TAG
+            (OPENCLIP_MODELS).
         cache: directory for the files; None uses `cache_dir()`.
-        base_url: where the `<sha256>/<file>` paths live (a mirror, or a test server).
+        base_url: where the `<sha256>/<file>` paths (OpenAI's) or `<repository>/resolve/main/<file>` paths
+            (OpenCLIP's) live: a mirror, or a test server; None: OpenAI's site, or Hugging Face.
         offline: never open a connection; None reads `MINI_CLIP_OFFLINE` (set and not "0" means offline).
         progress: print a progress line on stderr while downloading.
     Returns:
@@ -131,16 +158,22 @@ def fetch(name: str, cache: Optional[PathLike] = None, base_url: str = BASE_URL,
     sha, filename = check_name(name)
     folder = Path(cache) if cache is not None else cache_dir()
     pt = folder / filename
-    converted, part = pt.with_suffix(".safetensors"), pt.with_name(pt.name + ".part")
+    converted = folder / (filename.split(".")[0] + ".safetensors")  # ViT-B-32.pt -> ViT-B-32.safetensors
+    part = pt.with_name(pt.name + ".part")
     if converted.exists():
         return converted
     if offline is None:
         offline = os.environ.get("MINI_CLIP_OFFLINE", "") not in ("", "0")
-    url = f"{base_url.rstrip('/')}/{sha}/{filename}"
-    if pt.exists():
+    if name in OPENCLIP_MODELS:
+        url = f"{(base_url or HF_URL).rstrip('/')}/{OPENCLIP_MODELS[name][0]}/resolve/main/{OPENCLIP_FILE}"
+    else:
+        url = f"{(base_url or BASE_URL).rstrip('/')}/{sha}/{filename}"
+    if pt.exists() and sha is not None:
         got = sha256_of(pt)  # a second or so: cheap insurance against a file damaged since it was verified
         if got != sha:
             raise DownloadError(f"{pt}: SHA-256 is {got}, expected {sha} for {name}; delete it and run again")
+    elif pt.exists():
+        pass  # no published hash: the conversion checks its structure
     elif offline:
         raise DownloadError(f"{pt}: missing, and offline mode is on (MINI_CLIP_OFFLINE); on a machine with "
                             f"internet run `python -m mini_clip.download {name}`, then copy its cache directory "
@@ -149,7 +182,7 @@ def fetch(name: str, cache: Optional[PathLike] = None, base_url: str = BASE_URL,
         folder.mkdir(parents=True, exist_ok=True)
         _download(url, part, name, progress)
         got = sha256_of(part)
-        if got != sha:
+        if sha is not None and got != sha:
             part.unlink()  # a wrong file cannot be resumed into a right one: start afresh next time
             raise DownloadError(f"{url}: SHA-256 mismatch: expected {sha}, got {got}; the download was deleted, "
                                 "run again (if it repeats, a proxy or mirror is serving another file)")
@@ -159,22 +192,32 @@ def fetch(name: str, cache: Optional[PathLike] = None, base_url: str = BASE_URL,
 
 
 def _convert(pt: Path, converted: Path, name: str, url: str, sha: str) -> None:
-    """OpenAI's TorchScript file -> mini_clip's safetensors, loaded strictly, in the file's own precision."""
-    sd, config, _ = read_checkpoint(pt)
-    # the widest dtype among the tensors: lossless (OpenAI's files keep norms and embeddings in fp32)
-    dtype = functools.reduce(torch.promote_types, {v.dtype for v in sd.values()})
-    model = build(sd, config, str(pt), dtype=dtype)
+    """The downloaded file -> mini_clip's safetensors, loaded strictly, in the file's own precision; an
+    OpenCLIP file read with its named architecture (every tensor's shape checked) and preprocessing."""
+    _, arch, preprocessing = OPENCLIP_MODELS.get(name, (None, None, OPENAI))
+    try:
+        sd, config, _ = read_checkpoint(pt, arch)
+        # the widest dtype among the tensors: lossless (OpenAI's files keep norms and embeddings in fp32)
+        dtype = functools.reduce(torch.promote_types, {v.dtype for v in sd.values()})
+        model = build(sd, config, str(pt), dtype=dtype)
+    except WeightsError as e:
+        if sha is not None:
+            raise
+        raise DownloadError(f"{e}; {pt} is not {name} (no hash is published for it, so this is how a wrong "
+                            "file shows): delete it and run again") from None
     if name in PRESETS and model.config != PRESETS[name]:
         raise DownloadError(f"{pt}: holds a CLIP {model.config}, expected {name}'s {PRESETS[name]}")
-    save(model, converted, {"source": url, "sha256": sha})
+    model.preprocessing = preprocessing
+    save(model, converted, {"source": url, "sha256": sha256_of(pt) if sha is None else sha})
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """`python -m mini_clip.download NAME [--cache DIR] [--base-url URL]`: fetch, print the path."""
     parser = argparse.ArgumentParser(prog="python -m mini_clip.download", description=__doc__.split("\n")[0])
-    parser.add_argument("name", help=f"one of {', '.join(MODELS)}")
+    parser.add_argument("name", help=f"one of {', '.join([*MODELS, *OPENCLIP_MODELS])}")
     parser.add_argument("--cache", help="cache directory (default: $MINI_CLIP_CACHE or ~/.cache/mini_clip)")
-    parser.add_argument("--base-url", default=BASE_URL, help=f"where the files are (default: {BASE_URL})")
+    parser.add_argument("--base-url", help=f"where the files are (default: {BASE_URL} for OpenAI's, {HF_URL} "
+                                           "for OpenCLIP's)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:

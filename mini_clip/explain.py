@@ -64,6 +64,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--texts-file", type=Path, help="a file with one text per line")
     p.add_argument("--weights", help="checkpoint file or Hugging Face directory, or a name such as ViT-B/32 "
                                      "(default: the embedded scenes model)")
+    p.add_argument("--arch", help="OpenCLIP architecture of weights that do not state theirs, e.g. ViT-H-14 "
+                                   "(names: mini_clip.zoo.ARCHS)")
     p.add_argument("--method", choices=METHODS, help="chefer (Chefer et al.), attention, rollout, gradcam, or "
                    "legrad (image maps only); default: what the weights recommend, else chefer")
     p.add_argument("--start-layer", type=int, help="first image block explained: -1 last only (default), 0 all")
@@ -193,7 +195,8 @@ def explain_one(path: Path, folder: Path, model, texts, tokens, args, expected: 
                 ) -> tuple[dict, Relevance]:
     """Explain one image; write its overlays and sheet; return its JSON record and its Relevance."""
     original = load_image(path)
-    x, geometry = preprocess(original, model.config.image_resolution, return_geometry=True)
+    x, geometry = preprocess(original, model.config.image_resolution, return_geometry=True,
+                             preprocessing=model.preprocessing)
     rel = relevance(model, x[None], tokens, args.start_layer, args.start_layer_text, args.method, args.signed)
     try:
         folder.mkdir(exist_ok=True)
@@ -265,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--signed works with --method chefer only, not {args.method}")
     with warnings.catch_warnings(record=True) as caught:  # the loader's warnings, as one line each
         warnings.simplefilter("always")
-        model, _ = load(args.weights, device=args.device)
+        model, _ = load(args.weights, device=args.device, arch=args.arch)
     for w in caught:
         print(f"mini_clip.explain: warning: {w.message}", file=sys.stderr)
     for k, text in enumerate(texts):

@@ -12,7 +12,9 @@ from typing import Mapping, Optional
 
 import torch
 
-from .model import CLIPConfig, check_size
+from .image import Preprocessing
+from .model import ACTIVATIONS, CLIPConfig, check_size
+from .tokenizer import EOT
 
 # OpenAI key -> Hugging Face key, outside the blocks. {p} is "weight" or "bias".
 TOP_LEVEL = {
@@ -73,6 +75,11 @@ CONFIG_FIELDS = {
     "transformer_layers": ("text_config", "num_hidden_layers", 12),
     "vision_heads": ("vision_config", "num_attention_heads", 12),
 }
+# Where the text feature is read: transformers pools at the first `eos_token_id`, except for the legacy
+# value 2, which means the largest id (argmax). With OpenAI's ids both are OpenAI's end-of-text.
+OPENAI_POOLING = (2, EOT)
+# preprocessor_config.json's `resample` (PIL's filter numbers) -> Preprocessing.interpolation
+RESAMPLE = {2: "bilinear", 3: "bicubic"}
 MAX_CONFIG_BYTES = 1 << 20  # a CLIPModel config.json is a few kB; anything this large is not one
 
 
@@ -145,14 +152,55 @@ def config_from_hf(path: Path) -> CLIPConfig:
     for field, (part, key, default) in CONFIG_FIELDS.items():
         fields[field] = parts[part].get(key, default)
         check_size(f"{part + '.' if part else ''}{key}", fields[field])
+    model_type = c.get("model_type", "clip")
+    if model_type != "clip":
+        raise ValueError(f"model_type is {model_type!r:.40}, not 'clip': a {model_type:.40} model is not OpenAI's "
+                         "CLIP architecture, and mini_clip reads CLIPModel checkpoints only")
+    eos = parts["text_config"].get("eos_token_id", EOT)
+    if eos not in OPENAI_POOLING:
+        raise ValueError(f"text_config.eos_token_id is {eos!r:.40}: the text feature is read at that token, not "
+                         f"at OpenAI's end-of-text (the largest id, {EOT}), which mini_clip's text tower reads")
+    towers = {}
     for name, width, inner_default in (("text_config", fields["transformer_width"], 2048),
                                        ("vision_config", fields["vision_width"], 3072)):
-        act = parts[name].get("hidden_act", "quick_gelu")
-        if act != "quick_gelu":
-            raise ValueError(f"{name}.hidden_act is {act!r:.40}; mini_clip implements OpenAI's "
-                             "'quick_gelu' only")
+        towers[name] = (parts[name].get("hidden_act", "quick_gelu"), parts[name].get("layer_norm_eps", 1e-5))
+        if towers[name][0] not in ACTIVATIONS:
+            raise ValueError(f"{name}.hidden_act is {towers[name][0]!r:.40}; mini_clip implements "
+                             f"{', '.join(ACTIVATIONS)}")
         inner = parts[name].get("intermediate_size", inner_default)
-        if inner != 4 * width:
-            raise ValueError(f"{name}.intermediate_size is {inner!r:.40}; OpenAI's CLIP uses "
-                             f"4 x hidden_size = {4 * width}")
-    return CLIPConfig(**fields)
+        check_size(f"{name}.intermediate_size", inner)
+        fields["vision_mlp_width" if name == "vision_config" else "transformer_mlp_width"] = inner
+    if towers["text_config"] != towers["vision_config"]:
+        raise ValueError(f"the towers differ in (hidden_act, layer_norm_eps): text {towers['text_config']}, "
+                         f"vision {towers['vision_config']}; mini_clip's config has one of each")
+    activation, eps = towers["text_config"]
+    return CLIPConfig(**fields, activation=activation, layer_norm_eps=float(eps) if type(eps) is int else eps)
+
+
+def preprocessing_from_hf(path: Path) -> Preprocessing:
+    """Preprocessing from a CLIPImageProcessor's `preprocessor_config.json`: mean, std, resample, and the
+    resize: `size: {"shortest_edge": R}` + centre crop is OpenAI's, `size: {"height", "width"}` squashes.
+
+    Raises:
+        ValueError: a resize mini_clip does not implement, or values Preprocessing refuses.
+    """
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path.stat().st_size} bytes, too large for a preprocessor_config.json")
+    c = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(c, dict):
+        raise ValueError(f"a JSON {type(c).__name__}, not an object")
+    default = Preprocessing()
+    size = c.get("size", {"shortest_edge": 224})
+    if isinstance(size, dict) and "shortest_edge" in size and c.get("do_center_crop", True):
+        resize = "shortest"
+    elif isinstance(size, dict) and {"height", "width"} <= set(size) and not c.get("do_center_crop", False):
+        resize = "squash"
+    else:
+        raise ValueError(f"size {size!r:.60} with do_center_crop {c.get('do_center_crop')!r}: mini_clip "
+                         "implements short side + centre crop, and squash")
+    resample = c.get("resample", 3)
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample is {resample!r:.20}; mini_clip implements "
+                         + ", ".join(f"{k} ({v})" for k, v in RESAMPLE.items()))
+    return Preprocessing(mean=c.get("image_mean", default.mean), std=c.get("image_std", default.std),
+                         resize=resize, interpolation=RESAMPLE[resample])

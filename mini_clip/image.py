@@ -6,10 +6,12 @@ geometry of the resize and crop is kept so a relevance grid can be mapped back o
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import Union
 
@@ -31,6 +33,54 @@ class ImageError(ValueError):
     """An image that cannot be read; the message names the file and says what was wrong."""
 
 
+# Preprocessing.interpolation -> PIL's filter (torchvision's Resize on a PIL image calls PIL with these).
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+RESIZES = ("shortest", "squash")  # OpenCLIP's names: short side + centre crop (OpenAI's), or both sides
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input images were made: it travels with the weights (OpenCLIP's `preprocess_cfg`, a
+    Hugging Face `preprocessor_config.json`, mini_clip's metadata). The defaults are OpenAI's."""
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+    resize: str = "shortest"  # "shortest": short side to R, centre crop R x R; "squash": whole image to R x R
+    interpolation: str = "bicubic"
+
+    def __post_init__(self):
+        """Validate every field (a file's metadata is untrusted) and keep mean and std as tuples of floats."""
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if (not isinstance(value, (tuple, list)) or len(value) != 3
+                    or not all(type(v) in (int, float) and math.isfinite(v) for v in value)):
+                raise ValueError(f"preprocessing {name} is {value!r:.60}; expected three numbers, one per channel")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if min(self.std) <= 0:
+            raise ValueError(f"preprocessing std is {self.std}; each channel's must be positive")
+        if self.resize not in RESIZES:
+            raise ValueError(f"preprocessing resize is {self.resize!r:.40}; mini_clip implements "
+                             f"{' and '.join(RESIZES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"preprocessing interpolation is {self.interpolation!r:.40}; mini_clip implements "
+                             f"{', '.join(INTERPOLATIONS)}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Preprocessing":
+        """From `to_json`'s text (a file's metadata); None (older files) means OpenAI's."""
+        if text is None:
+            return cls()
+        fields = json.loads(text)
+        if not isinstance(fields, dict) or set(fields) - {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError(f"preprocessing {text[:80]!r} is not an object of {', '.join(cls.__annotations__)}")
+        return cls(**fields)
+
+
+OPENAI = Preprocessing()
+
+
 @dataclass(frozen=True)
 class CropGeometry:
     """Where the model's square input came from: the original (width, height) was resized to
@@ -49,12 +99,15 @@ class CropGeometry:
         return (self.left * sx, self.top * sy, (self.left + self.size) * sx, (self.top + self.size) * sy)
 
 
-def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
-    """The resize-then-centre-crop that torchvision's Resize(size) + CenterCrop(size) apply.
+def crop_geometry(width: int, height: int, size: int, resize: str = "shortest") -> CropGeometry:
+    """The resize-then-centre-crop that torchvision's Resize(size) + CenterCrop(size) apply; for a "squash"
+    resize (Resize((size, size))), the whole image scaled to size x size on each axis, and no crop.
 
     The short side becomes `size`, the long side `int(size * long / short)` (truncated, as torchvision);
     the crop offsets are `int(round((side - size) / 2.0))` (Python's round: halves go to even).
     """
+    if resize == "squash":
+        return CropGeometry(width, height, size, size, 0, 0, size)
     if width <= height:
         rw, rh = size, int(size * height / width)
     else:
@@ -106,12 +159,16 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
         raise ImageError(f"{path}: not a readable image ({e})") from None
 
 
-def resize_and_crop(image: Image.Image, size: int) -> tuple[Image.Image, CropGeometry]:
-    """Bicubic short-side resize and centre crop to size x size, with the geometry used."""
-    g = crop_geometry(image.width, image.height, size)
+def resize_and_crop(image: Image.Image, size: int, preprocessing: Preprocessing = OPENAI
+                    ) -> tuple[Image.Image, CropGeometry]:
+    """Resize (OpenAI's: bicubic, short side) and centre crop to size x size, with the geometry used."""
+    g = crop_geometry(image.width, image.height, size, preprocessing.resize)
+    if g.resized_width * g.resized_height > MAX_RESIZED_PIXELS and preprocessing == OPENAI:
+        return _resize_window(image, g), g  # written for OpenAI's bicubic filter; see its docstring
     if g.resized_width * g.resized_height > MAX_RESIZED_PIXELS:
-        return _resize_window(image, g), g
-    resized = image.resize((g.resized_width, g.resized_height), Image.BICUBIC)
+        raise ValueError(f"the image ({image.width} x {image.height}) would resize to {g.resized_width} x "
+                         f"{g.resized_height} pixels, too many; crop it to a less extreme aspect ratio")
+    resized = image.resize((g.resized_width, g.resized_height), INTERPOLATIONS[preprocessing.interpolation])
     return resized.crop((g.left, g.top, g.left + size, g.top + size)), g
 
 
@@ -151,7 +208,8 @@ def _vertical_first(width: int, height: int, new_width: int, new_height: int) ->
 ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
 
 
-def preprocess(image: ImageLike, size: int = 224, return_geometry: bool = False):
+def preprocess(image: ImageLike, size: int = 224, return_geometry: bool = False,
+               preprocessing: Preprocessing = OPENAI):
     """An image (PIL, path, uint8 array) -> normalised float tensor (3, size, size), as OpenAI's `preprocess`.
 
     Args:
@@ -159,6 +217,8 @@ def preprocess(image: ImageLike, size: int = 224, return_geometry: bool = False)
             (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped), as `np.asarray(pil_image)` gives.
         size: the model's input resolution (`model.visual.input_resolution`), a positive int.
         return_geometry: also return the CropGeometry that maps the input back onto the original.
+        preprocessing: resize, interpolation, mean and std (the model's: `model.preprocessing`); OpenAI's
+            by default.
     Returns:
         The tensor, or (tensor, geometry) when `return_geometry` is set.
     Raises:
@@ -173,9 +233,9 @@ def preprocess(image: ImageLike, size: int = 224, return_geometry: bool = False)
     image = _as_image(image)
     if image.width == 0 or image.height == 0:
         raise ValueError(f"the image has no pixels ({image.width} x {image.height})")
-    crop, geometry = resize_and_crop(to_rgb(image), int(size))
+    crop, geometry = resize_and_crop(to_rgb(image), int(size), preprocessing)
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, size, size)
-    x = normalize(x)
+    x = normalize(x, preprocessing)
     return (x, geometry) if return_geometry else x
 
 
@@ -203,6 +263,8 @@ def _as_image(image: ImageLike) -> Image.Image:
                     f"{type(image).__name__}")
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Pixels in [0, 1], channels in dimension -3 ((3, H, W) or (B, 3, H, W)) -> OpenAI's normalisation."""
-    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+def normalize(x: torch.Tensor, preprocessing: Preprocessing = OPENAI) -> torch.Tensor:
+    """Pixels in [0, 1], channels in dimension -3 ((3, H, W) or (B, 3, H, W)) -> normalised (OpenAI's mean
+    and std by default)."""
+    mean, std = torch.tensor(preprocessing.mean), torch.tensor(preprocessing.std)
+    return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)

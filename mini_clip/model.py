@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .image import OPENAI, Preprocessing
+
 HEAD_WIDTH = 64  # OpenAI's build_model: heads = width // 64 for both towers
+MLP_RATIO = 4  # OpenAI's blocks: c_fc widens each token 4x
+OPENAI_EPS = 1e-5  # torch's LayerNorm default, which OpenAI's model uses
+# What a file that states no architecture is told: the ways to state it.
+STATE_IT = ("state it: mini_clip.load(path, arch=NAME) or --arch NAME (names: mini_clip.zoo.ARCHS), or convert "
+            "once with scripts/convert.py --arch NAME to a .safetensors whose config states it")
 # The largest size a config may state: far above any CLIP (widths <= 2048, vocabularies < 300k), and small
 # enough that the product of two sizes (a weight matrix's element count) stays well inside int64.
 MAX_SIZE = 2 ** 24
@@ -38,6 +45,17 @@ def check_size(name: str, value: object, low: int = 1) -> None:
         raise ValueError(f"{name} is {value!r:.40}; expected a whole number from {low} to {MAX_SIZE}")
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with (exact GELU changes results)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+# CLIPConfig.activation -> the MLP's nonlinearity. OpenCLIP's "gelu" is nn.GELU (erf), as Hugging Face's.
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+
+
 @dataclass(frozen=True)
 class CLIPConfig:
     embed_dim: int  # width of the joint image-text embedding space
@@ -51,13 +69,28 @@ class CLIPConfig:
     transformer_heads: int = 8  # text attention heads
     transformer_layers: int = 12  # text residual attention blocks
     vision_heads: int = 0  # 0 means OpenAI's rule, vision_width // 64 (Hugging Face configs may differ)
+    # What OpenCLIP and Hugging Face models change; the defaults are OpenAI's, so older files keep their meaning.
+    vision_mlp_width: int = 0  # 0 means 4 x vision_width; OpenCLIP's ViT-g/bigG differ (read from c_fc)
+    transformer_mlp_width: int = 0  # 0 means 4 x transformer_width
+    activation: str = "quick_gelu"  # OpenAI trained with QuickGELU; OpenCLIP's LAION/DataComp ViTs with exact GELU
+    layer_norm_eps: float = OPENAI_EPS  # every LayerNorm's eps; some Hugging Face configs state 1e-6
 
     def __post_init__(self):
         """Validate every field before anything is built from them: types, bounds, then how they fit."""
         for field in dataclasses.fields(self):
-            check_size(field.name, getattr(self, field.name), low=0 if field.name == "vision_heads" else 1)
-        if self.vision_heads == 0:  # frozen: set through object.__setattr__, as dataclasses do
+            if field.type == "int":
+                check_size(field.name, getattr(self, field.name), low=0 if field.default == 0 else 1)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation is {self.activation!r:.40}; expected one of {', '.join(ACTIVATIONS)}")
+        eps = self.layer_norm_eps
+        if type(eps) is not float or not 0 < eps < 1:  # a LayerNorm eps is small and positive (1e-5, 1e-6)
+            raise ValueError(f"layer_norm_eps is {eps!r:.40}; expected a number between 0 and 1, such as 1e-05")
+        # 0 means OpenAI's rule; frozen, so set through object.__setattr__, as dataclasses do
+        if self.vision_heads == 0:
             object.__setattr__(self, "vision_heads", openai_heads("vision_width", self.vision_width))
+        for tower in ("vision", "transformer"):
+            if getattr(self, f"{tower}_mlp_width") == 0:
+                object.__setattr__(self, f"{tower}_mlp_width", MLP_RATIO * getattr(self, f"{tower}_width"))
         if self.image_resolution % self.vision_patch_size:
             raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of the patch size "
                              f"{self.vision_patch_size}")
@@ -88,7 +121,8 @@ class CLIPConfig:
 
     @staticmethod
     def sizes_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
-        """Every field that tensor shapes tell (all but the heads), read as OpenAI's `build_model` reads them.
+        """Every field that tensor shapes tell (all but the heads, the activation and the LayerNorm eps), read
+        as OpenAI's `build_model` reads them, and the MLP widths from the first block's c_fc.
 
         Raises ValueError naming the tensor that is missing or has the wrong number of dimensions.
         """
@@ -117,16 +151,24 @@ class CLIPConfig:
             vocab_size=size("token_embedding.weight", 0, 2),
             transformer_width=size("ln_final.weight", 0, 1),
             transformer_layers=count_blocks("transformer.resblocks."),
+            vision_mlp_width=size("visual.transformer.resblocks.0.mlp.c_fc.weight", 0, 2),
+            transformer_mlp_width=size("transformer.resblocks.0.mlp.c_fc.weight", 0, 2),
         )
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> "CLIPConfig":
         """Infer the architecture from tensor shapes, as OpenAI's `build_model` does.
 
-        Heads cannot be read from shapes; OpenAI's rule, width // 64, is used for both towers, and a width
-        that is not a multiple of 64 is refused (no rule applies).
+        Heads, activation and LayerNorm eps cannot be read from shapes: OpenAI's rules apply (heads = width
+        // 64, QuickGELU, eps 1e-5), and where they cannot (a width that is not a multiple of 64, an MLP that
+        is not 4x) the checkpoint is refused.
         """
         sizes = cls.sizes_from_state_dict(sd)
+        for tower in ("vision", "transformer"):
+            width, mlp = sizes[f"{tower}_width"], sizes[f"{tower}_mlp_width"]
+            if mlp != MLP_RATIO * width:
+                raise ValueError(f"{tower} MLP width {mlp} is not {MLP_RATIO} x {tower}_width {width}, so "
+                                 f"OpenAI's rules cannot read this checkpoint: {STATE_IT}")
         return cls(**sizes, transformer_heads=openai_heads("transformer_width", sizes["transformer_width"]))
 
 
@@ -134,8 +176,7 @@ def openai_heads(name: str, width: int) -> int:
     """OpenAI's rule for a tower's heads (width // 64), refused where it cannot apply."""
     if width % HEAD_WIDTH:
         raise ValueError(f"{name} {width} is not a multiple of {HEAD_WIDTH}, so OpenAI's rule (heads = width // "
-                         f"{HEAD_WIDTH}) cannot give its heads: state them in a config (a mini_clip .safetensors "
-                         "written by mini_clip.save, or a Hugging Face config.json)")
+                         f"{HEAD_WIDTH}) cannot give its heads: {STATE_IT}")
     return width // HEAD_WIDTH
 
 
@@ -175,13 +216,6 @@ class LayerNorm(SkipInitOnMeta, nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
                             self.eps).to(x.dtype)
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with (exact GELU changes results)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
 
 
 class Attention(nn.Module):
@@ -229,15 +263,17 @@ class ResidualAttentionBlock(nn.Module):
     """Pre-LN transformer block. With `record` set, `attn_probs` holds this block's last attention
     probabilities, (B, nh, T, T), as a tensor in the autograd graph (for relevance); otherwise None."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, mlp_width: int = 0, activation: str = "quick_gelu",
+                 eps: float = OPENAI_EPS):
         super().__init__()
+        mlp_width = mlp_width or MLP_RATIO * width
         self.attn = Attention(width, heads)
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=eps)
         self.mlp = nn.Sequential()  # named children, so keys read mlp.c_fc.* and mlp.c_proj.* as OpenAI's
-        self.mlp.add_module("c_fc", Linear(width, 4 * width))
-        self.mlp.add_module("gelu", QuickGELU())
-        self.mlp.add_module("c_proj", Linear(4 * width, width))
-        self.ln_2 = LayerNorm(width)
+        self.mlp.add_module("c_fc", Linear(width, mlp_width))
+        self.mlp.add_module("gelu", ACTIVATIONS[activation]())
+        self.mlp.add_module("c_proj", Linear(mlp_width, width))
+        self.ln_2 = LayerNorm(width, eps=eps)
         self.record = False
         self.attn_probs: torch.Tensor | None = None
 
@@ -251,10 +287,12 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int = 0, activation: str = "quick_gelu",
+                 eps: float = OPENAI_EPS):
         super().__init__()
         self.width = width
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_width, activation, eps)
+                                       for _ in range(layers))
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         for block in self.resblocks:
@@ -263,16 +301,17 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int):
+    def __init__(self, resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int,
+                 mlp_width: int = 0, activation: str = "quick_gelu", eps: float = OPENAI_EPS):
         super().__init__()
         self.input_resolution = resolution
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         scale = width ** -0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
-        self.ln_post = LayerNorm(width)
+        self.ln_pre = LayerNorm(width, eps=eps)
+        self.transformer = Transformer(width, layers, heads, mlp_width, activation, eps)
+        self.ln_post = LayerNorm(width, eps=eps)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
@@ -305,17 +344,20 @@ class CLIP(nn.Module):
         super().__init__()
         c = self.config = config
         self.context_length = c.context_length
-        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width,
-                                        c.vision_layers, c.vision_heads, c.embed_dim)
-        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads)
+        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
+                                        c.vision_heads, c.embed_dim, c.vision_mlp_width, c.activation,
+                                        c.layer_norm_eps)
+        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads,
+                                       c.transformer_mlp_width, c.activation, c.layer_norm_eps)
         self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
-        self.ln_final = LayerNorm(c.transformer_width)
+        self.ln_final = LayerNorm(c.transformer_width, eps=c.layer_norm_eps)
         self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
         # Explanation settings the weights recommend ({"method", "start_layer", "start_layer_text"}), read from
         # and written to mini_clip's files; empty for OpenAI's, which keep the original's defaults.
         self.recommended: dict = {}
+        self.preprocessing: Preprocessing = OPENAI  # how its input images are made; loading sets the file's
         if initialize:  # loading a checkpoint skips it: every value is about to be replaced
             self.initialize_parameters()
 

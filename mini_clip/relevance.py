@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image import ImageLike, preprocess
+from .image import OPENAI, ImageLike, Preprocessing, preprocess
 from .model import CLIP, recording
 from .tokenizer import EOT, token_labels, tokenize
 
@@ -217,17 +217,17 @@ def _dtype(x: torch.Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
-def _as_images(image: Images, size: int) -> torch.Tensor:
+def _as_images(image: Images, size: int, preprocessing: Preprocessing = OPENAI) -> torch.Tensor:
     """Whatever `relevance` accepts as images -> a float batch (B, 3, size, size), checked."""
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("no images given: pass at least one (PIL images, paths, or a tensor)")
-        return torch.cat([_as_images(one, size) for one in image])  # each checked alone, then one batch
+        return torch.cat([_as_images(one, size, preprocessing) for one in image])  # each checked alone, then one batch
     if not isinstance(image, torch.Tensor):
         if not isinstance(image, (Image.Image, str, os.PathLike, np.ndarray)):
             raise TypeError(f"image must be a preprocessed tensor (B, 3, {size}, {size}), a PIL image, a "
                             f"path, a uint8 numpy array, or a list of these; got {type(image).__name__}")
-        return preprocess(image, size)[None]  # (1, 3, size, size)
+        return preprocess(image, size, preprocessing=preprocessing)[None]  # (1, 3, size, size)
     if not image.is_floating_point():
         raise ValueError(f"image is a {_dtype(image)} tensor of raw pixels: {PREPROCESS_HINT}")
     image = image[None] if image.dim() == 3 else image
@@ -316,7 +316,7 @@ def relevance(model: CLIP, image: Images, texts: Texts,
         raise RuntimeError("relevance needs gradients: call it outside torch.inference_mode() (no_grad is fine)")
     device = model.positional_embedding.device
     tokens = _as_tokens(model, texts, truncate).to(device)
-    image = _as_images(image, model.visual.input_resolution).to(device)
+    image = _as_images(image, model.visual.input_resolution, model.preprocessing).to(device)
     visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
     B, N = image.shape[0], tokens.shape[0]
     eot = tokens.argmax(dim=-1)  # (N,) end-of-text positions: 49407 is the largest id

@@ -25,11 +25,12 @@ from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
-from . import hf
+from . import hf, zoo
 from .archive import MAX_INFLATION, UnsafeArchiveError, check_pickles, check_zip, read_entry
-from .image import preprocess
-from .model import CLIP, PRESETS, CLIPConfig, summary
+from .image import Preprocessing, preprocess
+from .model import CLIP, PRESETS, STATE_IT, CLIPConfig, summary
 from .relevance import check_recommended, recommended
+from .tokenizer import VOCAB_SIZE
 from .torchscript import is_torchscript, read_torchscript
 
 PathLike = Union[str, os.PathLike]
@@ -37,6 +38,20 @@ PathLike = Union[str, os.PathLike]
 NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 EXPECTED = ("expected a mini_clip .safetensors file, an OpenAI/OpenCLIP .pt checkpoint (TorchScript or state dict), "
             "or a Hugging Face CLIPModel directory")
+
+
+# Keys of structures mini_clip does not implement (a key containing the fragment) -> what they are. Checked
+# before anything else, so the refusal names the structure instead of listing hundreds of keys.
+FOREIGN_KEYS = {
+    "visual.trunk.": "a timm image tower (EVA, ConvNeXt, SigLIP, MobileCLIP, ...)",
+    "visual.layer1.": "a ResNet image tower",
+    "visual.attn_pool": "attentional pooling (CoCa)",
+    ".ls_1.": "layer scale",
+    "text_decoder.": "CoCa's text decoder",
+    "text.transformer.": "a separate text module (OpenCLIP's CustomTextCLIP or a Hugging Face text tower)",
+    "logit_bias": "a logit bias (SigLIP's sigmoid loss)",
+}
+HF_PREPROCESSOR = "preprocessor_config.json"
 
 
 # The embedded default: a tiny CLIP trained on mini_clip.scenes (see scripts/train_scenes.py). Its home is
@@ -125,34 +140,83 @@ def _check_bytes(sd: Mapping[str, torch.Tensor], path: Path) -> None:
 def _warn_openai_rules(path: Path, config: CLIPConfig) -> None:
     warnings.warn(f"{path} states no architecture, so it is read by OpenAI's rules (heads = width // 64: "
                   f"{config.vision_heads} image and {config.transformer_heads} text heads; QuickGELU; LayerNorm "
-                  "eps 1e-5); if it was trained otherwise its outputs are wrong: build it with its true "
-                  "CLIPConfig (mini_clip.weights.build) and mini_clip.save it once to a .safetensors that states "
-                  "it", UserWarning, stacklevel=3)
+                  f"eps 1e-5); if it was trained otherwise (OpenCLIP's LAION/DataComp models use GELU, ViT-H "
+                  f"head width 80) its outputs are wrong: {STATE_IT}", UserWarning, stacklevel=3)
 
 
-def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], CLIPConfig, dict]:
-    """Read any supported checkpoint.
+def refuse_foreign(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """One WeightsError naming the structures in `sd` that mini_clip does not implement (FOREIGN_KEYS, or
+    an image tower without ln_pre, as CLIPA's), with a few of their keys; nothing if there are none."""
+    found = {}
+    for fragment, what in FOREIGN_KEYS.items():
+        keys = [k for k in sd if fragment in k]
+        if keys:
+            found[what] = keys
+    if "visual.conv1.weight" in sd and "visual.ln_pre.weight" not in sd:
+        found["no ln_pre before the image blocks (CLIPA)"] = ["visual.ln_pre.weight"]
+    if found:
+        parts = [f"{what} ({len(keys)} keys: {summary(keys, 2)})" for what, keys in found.items()]
+        raise WeightsError(f"{source}: refused: it has {'; '.join(parts)}; mini_clip implements OpenAI's ViT "
+                           "CLIP only (see the README's table of what loads)")
 
-    Returns:
-        (state dict with OpenAI's key names, config, metadata dict). The config is the one the file states
-        (mini_clip .safetensors, Hugging Face config.json) or else the one OpenAI's build_model reads from
-        the shapes; for a file other than OpenAI's own TorchScript archives, that guess warns (UserWarning).
-    Raises:
-        WeightsError: missing, unreadable, unsafe or not a CLIP checkpoint.
-    """
-    path = Path(path)
-    config, metadata, openais = None, {}, False
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise WeightsError(f"{path}: a directory without config.json ({EXPECTED})")
+
+def _stated_config(path: Path) -> tuple[Path, Optional[CLIPConfig], Optional[Preprocessing]]:
+    """(weights file, config, preprocessing) from what lies beside the weights: a Hugging Face directory's
+    config.json (+ preprocessor_config.json), or an OpenCLIP hub folder's open_clip_config.json. Either
+    may be None: nothing states it."""
+    if path.is_dir() and (path / "config.json").exists():
         files = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()]
         if not files:
             raise WeightsError(f"{path}: Hugging Face directory without model.safetensors or pytorch_model.bin")
+        preprocessor = path / HF_PREPROCESSOR
         try:
             config = hf.config_from_hf(path / "config.json")
         except (ValueError, OSError, RecursionError) as e:
             raise WeightsError(f"{path / 'config.json'}: {str(e)[:300]}") from None
-        path = files[0]
+        try:
+            preprocessing = hf.preprocessing_from_hf(preprocessor) if preprocessor.exists() else None
+        except (ValueError, TypeError, OSError, RecursionError) as e:
+            raise WeightsError(f"{preprocessor}: {str(e)[:300]}") from None
+        return files[0], config, preprocessing
+    hub = zoo.find_hub_folder(path)
+    if hub is not None:
+        config_file, weights = hub
+        if not weights.exists():
+            raise WeightsError(f"{path}: OpenCLIP folder without {' or '.join(zoo.WEIGHTS_NAMES)}")
+        try:
+            return weights, *zoo.read_hub_config(config_file)
+        except (ValueError, TypeError, OSError, RecursionError) as e:
+            raise WeightsError(f"{config_file}: {str(e)[:400]}") from None
+    if path.is_dir():
+        raise WeightsError(f"{path}: a directory without config.json or {zoo.CONFIG_NAME} ({EXPECTED})")
+    return path, None, None
+
+
+def read_checkpoint(path: PathLike, arch: Optional[str] = None) -> tuple[dict[str, torch.Tensor], CLIPConfig, dict]:
+    """Read any supported checkpoint.
+
+    The architecture comes from, in this order: mini_clip's metadata; a Hugging Face config.json; an
+    OpenCLIP open_clip_config.json beside the weights; `arch` (an OpenCLIP name, zoo.ARCHS); else OpenAI's
+    rules read from the shapes, which warns (UserWarning) for any file but OpenAI's own TorchScript archives.
+    An `arch` that disagrees with what the file states is refused: what the file states is never overridden.
+
+    Returns:
+        (state dict with OpenAI's key names, config, metadata dict). The metadata holds the file's own
+        (safetensors) and "preprocess": the images' preprocessing as JSON (Preprocessing.to_json), where
+        the file or its folder states one.
+    Raises:
+        WeightsError: missing, unreadable, unsafe, not a CLIP checkpoint, or a structure mini_clip does not
+            implement (named).
+    """
+    path = Path(path)
+    named = None
+    if arch is not None:
+        try:
+            named = zoo.arch_config(arch)
+        except ValueError as e:
+            raise WeightsError(str(e)) from None
+    path, config, preprocessing = _stated_config(path)
+    metadata, openais = {}, False
     if not path.is_file():
         raise WeightsError(f"{path}: no such file ({EXPECTED})")
     if path.stat().st_size == 0:
@@ -174,18 +238,31 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], CLIPConfig
         except ValueError as e:
             raise WeightsError(f"{path}: {e}") from None
         sd = {**converted, **{k: sd[k] for k in unused}}  # unused ones reported as unexpected, by their names
+    refuse_foreign(sd, str(path))
+    if named is not None and config is not None and named != config:
+        raise WeightsError(f"{path}: states its own architecture, which differs from arch={arch!r}'s (in "
+                           f"{summary(_differences(config, named), 3)}): drop arch=, the file's is used")
+    if config is None and named is not None:
+        config = named
     if config is None:
         config = _openai_config(sd, str(path))
         if not openais:
             _warn_openai_rules(path, config)
+    if preprocessing is not None:
+        metadata = {**metadata, "preprocess": preprocessing.to_json()}
     return sd, config, metadata
+
+
+def _differences(a: CLIPConfig, b: CLIPConfig) -> list[str]:
+    return [f"{f.name} {getattr(a, f.name)} vs {getattr(b, f.name)}" for f in dataclasses.fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)]
 
 
 def _openai_config(sd: Mapping[str, torch.Tensor], source: str) -> CLIPConfig:
     try:
         return CLIPConfig.from_state_dict(sd)
     except ValueError as e:
-        raise WeightsError(f"{source}: not a CLIP ViT checkpoint ({str(e)[:300]}); {EXPECTED}") from None
+        raise WeightsError(f"{source}: not a CLIP ViT checkpoint ({str(e)[:400]}); {EXPECTED}") from None
 
 
 def check_config(sd: Mapping[str, torch.Tensor], config: CLIPConfig, source: str) -> None:
@@ -233,6 +310,10 @@ def build(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None, s
     if config is None:
         config = _openai_config(sd, source)
     check_config(sd, config, source)
+    if config.vocab_size != VOCAB_SIZE:
+        raise WeightsError(f"{source}: its vocabulary has {config.vocab_size} tokens; mini_clip's tokenizer "
+                           f"(OpenAI's BPE) has {VOCAB_SIZE}, so its texts cannot be tokenized for it (another "
+                           "tokenizer: MetaCLIP 2's XLM-V, mT5, BERT)")
     check_state_dict(sd, config, source)
     for k, v in sd.items():
         if not v.is_floating_point():
@@ -249,7 +330,7 @@ def build(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None, s
 
 
 def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
-         dtype: torch.dtype = torch.float32) -> tuple[CLIP, Callable]:
+         dtype: torch.dtype = torch.float32, arch: Optional[str] = None) -> tuple[CLIP, Callable]:
     """Load a CLIP checkpoint of any supported format, like `clip.load`.
 
     Args:
@@ -257,8 +338,11 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
             downloaded once into the cache; None loads the embedded default model.
         device: where the model lives.
         dtype: parameter dtype; fp32 by default (exact), torch.float16/bfloat16 for speed on a GPU.
+        arch: the OpenCLIP architecture (a name of mini_clip.zoo.ARCHS, e.g. "ViT-H-14") of a file that
+            does not state its own; a file that does is read by its own.
     Returns:
-        (model in eval mode, preprocess: PIL image or path -> tensor (3, R, R) for the model's resolution R).
+        (model in eval mode, preprocess: PIL image or path -> tensor (3, R, R) for the model's resolution R,
+        made as the model's images were: `model.preprocessing`).
     """
     if path is None:
         path = DEFAULT_WEIGHTS
@@ -266,21 +350,27 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
             raise WeightsError(f"{path}: the embedded default model is missing (and not in "
                                f"{_EMBEDDED[1].parent}); reinstall mini_clip (pip install from its repository, "
                                "or a wheel built from it) or pass a weights file")
-    elif isinstance(path, str) and path in PRESETS:
+    elif isinstance(path, str) and "ViT" in path and "/" in path:
         # A name means the model, as in clip.load, even where a folder of that name exists ("./ViT-B/32" is
         # the folder). Imported here: download imports this module.
-        from .download import fetch
-        path = fetch(path)  # downloaded, verified and converted once, then read from the cache
-    elif isinstance(path, str) and "ViT" in path and "/" in path and not os.path.exists(path):
-        raise WeightsError(f"unknown model {path!r} (and no such file); valid names: {', '.join(PRESETS)}")
-    sd, config, metadata = read_checkpoint(path)
+        from .download import MODELS, OPENCLIP_MODELS, fetch
+        if path in MODELS or path in OPENCLIP_MODELS:
+            path = fetch(path)  # downloaded, verified and converted once, then read from the cache
+        elif not os.path.exists(path):
+            raise WeightsError(f"unknown model {path!r} (and no such file); valid names: "
+                               f"{', '.join([*MODELS, *OPENCLIP_MODELS])}")
+    sd, config, metadata = read_checkpoint(path, arch)
     model = build(sd, config, str(path), device, dtype)
+    try:
+        model.preprocessing = Preprocessing.from_json(metadata.get("preprocess"))
+    except (ValueError, TypeError, RecursionError) as e:
+        raise WeightsError(f"{path}: damaged preprocessing in the metadata ({str(e)[:300]})") from None
     if "explain" in metadata:  # the settings its model is best explained with (see relevance.recommended)
         try:
             model.recommended = check_recommended(json.loads(metadata["explain"]), model)
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            raise WeightsError(f"{path}: damaged explanation settings in the metadata ({e})") from None
-    return model, functools.partial(preprocess, size=model.config.image_resolution)
+        except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+            raise WeightsError(f"{path}: damaged explanation settings in the metadata ({str(e)[:300]})") from None
+    return model, functools.partial(preprocess, size=config.image_resolution, preprocessing=model.preprocessing)
 
 
 def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> None:
@@ -289,7 +379,8 @@ def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = No
 
     The file is written to a temporary name and renamed, so a reader never sees half a file.
     """
-    meta = {"format": "mini_clip", "config": json.dumps(dataclasses.asdict(model.config))}
+    meta = {"format": "mini_clip", "config": json.dumps(dataclasses.asdict(model.config)),
+            "preprocess": model.preprocessing.to_json()}
     if recommended(model):
         meta["explain"] = json.dumps(recommended(model))
     meta.update(metadata or {})

