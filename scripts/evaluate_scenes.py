@@ -17,28 +17,32 @@ import time
 
 import torch
 
-from mini_clip import WeightsError
+from mini_clip import WeightsError, load
 from mini_clip.evaluate import (DELETION_INTERVALS, EVAL_SEED, EXPLAINERS, TEXT_EXPLAINERS, evaluate,
                                 evaluate_text, evaluation_scenes, summary, text_summary)
+from mini_clip.relevance import settings
 from mini_clip.scenes import WORLDS
-from mini_clip.weights import DEFAULT_WEIGHTS, build, read_checkpoint
+from mini_clip.weights import DEFAULT_WEIGHTS, read_checkpoint
 
 CLEARLY_BELOW = 0.8  # "deletion AUC clearly below random": at most this fraction of random's
 HELD_OUT_GAP = 5  # points the renderer variant may lose against the training world
 TRAINING_WORLD, VARIANT = "wide", "held-out"
 
 
-def recommended_labels(metadata: dict, vision_blocks: int, text_blocks: int) -> tuple[str, str]:
-    """The EXPLAINERS and TEXT_EXPLAINERS labels of the settings the weights recommend (metadata "explain");
-    the original's (last block of each tower) when the file recommends none."""
-    explain = json.loads(metadata.get("explain", "{}"))
-    image = explain.get("start_layer", -1) % vision_blocks
-    text = explain.get("start_layer_text", -1) % text_blocks
-    labels = {0: "chefer, all blocks", vision_blocks - 1: "chefer"}
-    text_labels = {0: "chefer, all text blocks", text_blocks - 1: "chefer, last text block"}
-    if image not in labels or text not in text_labels:
-        raise ValueError(f"the recommended start layers ({image}, {text}) are not among the settings measured")
-    return labels[image], text_labels[text]
+def with_recommended(model) -> tuple[list, list, str, str]:
+    """EXPLAINERS and TEXT_EXPLAINERS, plus the Chefer settings the weights recommend where those are not
+    already measured, and the labels of the recommended rows (the original's, last blocks, if none)."""
+    _, image, text = settings(model, "chefer")  # the recommendation (or the defaults), as block indices
+    blocks, text_blocks = model.config.vision_layers, model.config.transformer_layers
+    image_label = {0: "chefer, all blocks", blocks - 1: "chefer"}.get(image, f"chefer, blocks {image}..")
+    text_label = {0: "chefer, all text blocks", text_blocks - 1: "chefer, last text block"}.get(
+        text, f"chefer, text blocks {text}..")
+    explainers, text_explainers = list(EXPLAINERS), list(TEXT_EXPLAINERS)
+    if image_label not in {label for label, _, _ in explainers}:
+        explainers.insert(2, (image_label, "chefer", image))
+    if text_label not in {label for label, _, _ in text_explainers}:
+        text_explainers.insert(2, (text_label, "chefer", text))
+    return explainers, text_explainers, image_label, text_label
 
 
 def targets(rows: dict[str, dict[str, list[float]]], image_label: str, text_label: str) -> list[tuple[str, bool]]:
@@ -98,18 +102,18 @@ def main() -> int:
     worlds = args.world or [TRAINING_WORLD, VARIANT]
     rows, counts = {}, {}
     try:
-        sd, config, metadata = read_checkpoint(args.weights)
-        model = build(sd, config, args.weights)
+        model, _ = load(args.weights)  # with the settings the file recommends
+        metadata = read_checkpoint(args.weights)[2]
         step = json.loads(metadata.get("training", "{}")).get("steps", "unknown")
-        labels = recommended_labels(metadata, model.config.vision_layers, model.config.transformer_layers)
+        explainers, text_explainers, *labels = with_recommended(model)
         start = time.time()
         for world in worlds:
             scenes = evaluation_scenes(args.scenes, args.seed, model.config.image_resolution, world)
-            report = evaluate(model, scenes, EXPLAINERS, None if args.no_deletion else DELETION_INTERVALS,
+            report = evaluate(model, scenes, explainers, None if args.no_deletion else DELETION_INTERVALS,
                               seed=args.map_seed)
             rows[world] = dict(summary(report))
             if not args.no_words:
-                rows[world].update(text_summary(evaluate_text(model, scenes, TEXT_EXPLAINERS)))
+                rows[world].update(text_summary(evaluate_text(model, scenes, text_explainers)))
             one = [o for o in report.objects if o.one_colour]
             counts[world] = [len(report.objects), len(one), len(report.objects) - len(one)]
     except (WeightsError, OSError, ValueError) as e:

@@ -6,6 +6,7 @@
 - the measurement functions on hand-made maps, masks and scores, with answers worked out by hand here;
 - the evaluation script end to end, in a subprocess.
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -309,9 +310,14 @@ def test_evaluate_text_on_a_micro_model(train_scenes):
 
 def test_targets_read_the_recommended_rows(train_scenes):
     script = load_module("evaluate_scenes", ROOT / "scripts" / "evaluate_scenes.py")
-    assert script.recommended_labels({}, 5, 2) == ("chefer", "chefer, last text block")
-    explain = {"explain": json.dumps({"method": "chefer", "start_layer": 0, "start_layer_text": 0})}
-    assert script.recommended_labels(explain, 5, 2) == ("chefer, all blocks", "chefer, all text blocks")
+    model = CLIP(train_scenes.MICRO)  # 1 image block, 1 text block
+    model.config = dataclasses.replace(model.config, vision_layers=5, transformer_layers=2)  # labels only
+    assert script.with_recommended(model)[2:] == ("chefer", "chefer, last text block")
+    model.recommended = {"method": "chefer", "start_layer": 0, "start_layer_text": 0}
+    assert script.with_recommended(model)[2:] == ("chefer, all blocks", "chefer, all text blocks")
+    model.recommended = {"method": "chefer", "start_layer": 2, "start_layer_text": 0}
+    explainers, _, label, _ = script.with_recommended(model)
+    assert label == "chefer, blocks 2.." and ("chefer, blocks 2..", "chefer", 2) in explainers
     rows = {"wide": {"pointing %: chefer": [80.0] * 3, "pointing %: chefer, all blocks": [93.0] * 3,
                      "zero-shot: comparisons won %": [97.0] * 3},
             "held-out": {"pointing %: chefer, all blocks": [87.0] * 3, "zero-shot: comparisons won %": [92.0] * 3}}
