@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .image import CropGeometry
@@ -78,23 +79,68 @@ def grid_to_image(grid: np.ndarray, geometry: CropGeometry, smooth: bool = True)
     return wy @ grid @ wx.T, in_y[:, None] & in_x[None, :]
 
 
+# The colour of each of the 256 heat levels drawn, k / 255 on the inferno scale: one table lookup per pixel.
+COLOURS = colormap(np.arange(256) / 255.0)  # (256, 3) uint8
+DIMMED = [round(DIM * v) for v in range(256)] * 3  # PIL's per-channel lookup table for the outside
+STRIP = 256  # output rows computed at once: bounds the float32 scratch to STRIP x width x 4 bytes
+
+
+def shrink(image: Image.Image, max_size: int) -> Image.Image:
+    """The image scaled down so that its long side is at most `max_size` pixels (0: as it is), aspect kept.
+    A drawing copy: the frame is the same, so the photo's CropGeometry still maps onto it (see `overlay`)."""
+    scale = max_size / max(image.width, image.height) if max_size else 1.0
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BICUBIC, reducing_gap=3.0)  # reducing_gap: a fast box pre-shrink first
+
+
+def heat_levels(grid: np.ndarray, geometry: CropGeometry, width: int, height: int
+                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The min-max normalised grid as 8-bit heat levels over the part of a width x height picture of the
+    photo that the model saw, bilinear between patch centres exactly as `grid_to_image` (the same
+    `_sampling` weights, summed in float32 a strip of rows at a time: no full-size float array).
+
+    Returns:
+        (levels (y1 - y0, x1 - x0) uint8, round(255 * heat); box (x0, y0, x1, y1), the pixels inside the crop).
+    """
+    grid = normalise(grid)
+    wy, in_y = _sampling(height, geometry.resized_height, geometry.top, geometry.size, grid.shape[0], True)
+    wx, in_x = _sampling(width, geometry.resized_width, geometry.left, geometry.size, grid.shape[1], True)
+    ys, xs = np.flatnonzero(in_y), np.flatnonzero(in_x)  # each a run of consecutive pixels (monotonic map)
+    if not len(ys) or not len(xs):
+        return np.zeros((0, 0), np.uint8), (0, 0, 0, 0)
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    # torch's matmul: numpy's is several times slower for these thin (cells = 7..24) products
+    columns = torch.from_numpy(grid @ wx[x0:x1].T).float()  # (cells, x1 - x0): the horizontal pass, once
+    rows = torch.from_numpy(wy[y0:y1] * 255).float()  # (y1 - y0, cells), scaled to levels
+    levels = torch.empty((y1 - y0, x1 - x0), dtype=torch.uint8)
+    for top in range(0, y1 - y0, STRIP):
+        strip = rows[top: top + STRIP] @ columns  # the vertical pass: in [0, 255] (convex weights)
+        levels[top: top + STRIP] = strip.add_(0.5)  # + 0.5, then truncation: the nearest level
+    return levels.numpy(), (x0, y0, x1, y1)
+
+
 def overlay(original: Image.Image, grid: np.ndarray, geometry: CropGeometry, alpha: float = ALPHA) -> Image.Image:
-    """The original photo, at its own size, with the min-max normalised map blended over what the model
-    saw and the rest dimmed.
+    """The photo with the min-max normalised map blended over what the model saw and the rest dimmed.
 
     Args:
-        original: the photo as loaded (RGB, before preprocessing).
+        original: the photo as loaded (RGB, before preprocessing), or a copy of it at another size (`shrink`):
+            the geometry maps the photo's frame, so any scale of it is drawn in place.
         grid: relevance over the patch grid (any scale).
         geometry: the photo's CropGeometry.
         alpha: weight of the heat colours over the photo.
     Returns:
-        An RGB image of the photo's size.
+        An RGB image of `original`'s size: heat colours from the 256-entry `COLOURS` table, blended in 8 bits.
     """
-    heat, inside = grid_to_image(normalise(grid), geometry)
-    photo = np.asarray(original.convert("RGB"), dtype=np.float64)
-    blended = (1 - alpha) * photo + alpha * colormap(heat)
-    out = np.where(inside[..., None], blended, DIM * photo)
-    return Image.fromarray(np.rint(out).astype(np.uint8), "RGB")
+    photo = original if original.mode == "RGB" else original.convert("RGB")
+    levels, box = heat_levels(grid, geometry, photo.width, photo.height)
+    out = photo.point(DIMMED)
+    if levels.size:
+        heat = Image.fromarray(levels, "P")
+        heat.putpalette(COLOURS.tobytes())  # the table as the palette: one lookup per pixel, in PIL
+        out.paste(Image.blend(photo.crop(box), heat.convert("RGB"), alpha), box[:2])
+    return out
 
 
 # The contact sheet's layout. Every size below is fixed, so the sheet is bounded whatever the photo's aspect
