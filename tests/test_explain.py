@@ -319,6 +319,10 @@ BAD = {
     "missing image, odd name": (["<odd\nname\x1b[2J.png>", "--text", "a", "--weights", W], 1,
                                 ["odd\\nname\\x1b[2J.png", "no such file"]),
     "text without tokens": ([GOOD, "--text", "\x1b\x07", "--weights", W], 2, ["text 1", "no words"]),
+    "batch size 0": ([GOOD, "--text", "a", "--weights", W, "--batch-size", "0"], 2, ["--batch-size", "at least 1"]),
+    "negative max size": ([GOOD, "--text", "a", "--weights", W, "--max-size", "-1"], 2, ["--max-size", "at least 0"]),
+    "negative workers": ([GOOD, "--text", "a", "--weights", W, "--workers", "-2"], 2, ["--workers", "at least 0"]),
+    "unknown format": ([GOOD, "--text", "a", "--weights", W, "--format", "gif"], 2, ["--format", "gif"]),
 }
 if not torch.backends.mps.is_available():
     BAD["device mps"] = ([GOOD, "--text", "a", "--weights", W, "--device", "mps"], 2, ["mps", "cpu"])
