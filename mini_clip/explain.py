@@ -83,8 +83,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N",
                    help=f"images explained together (default: {BATCH_SIZE}); memory grows with N x texts")
     p.add_argument("--max-size", type=int, default=MAX_SIZE, metavar="PIXELS",
-                   help=f"overlays' long side at most (default: {MAX_SIZE}: finer than any map's cells, "
-                        "a screen's width; 0: the photo's own size)")
+                   help=f"overlays' long side at most (default: {MAX_SIZE}: 40+ pixels for each of a map's "
+                        "cells, and cheap to draw; 0: the photo's own size)")
     p.add_argument("--format", choices=tuple(FORMATS), default="jpeg",
                    help="overlay format (default: jpeg, quality 90; png is lossless, webp smaller)")
     p.add_argument("--workers", type=int, default=WORKERS, metavar="N",

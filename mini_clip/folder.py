@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from .heatmap import contact_sheet, overlay, shrink
+from .heatmap import contact_sheet, overlays, shrink
 from .image import CropGeometry, ImageError, load_image, preprocess
 from .model import CLIP
 from .outputs import (DONE, FORMATS, SHEET, OutputError, finished, folder_names, image_folder, overlay_name,
@@ -32,10 +32,12 @@ from .relevance import PreparedTexts, Relevance, prepare_texts, relevance, setti
 # Images explained together. Measured (scripts/bench.py pipeline, ViT-B/32 shapes, 8 texts, 2 CPU cores):
 # 4 gives most of the throughput of 16 at a quarter of its memory (the gradients of B x N pairs).
 BATCH_SIZE = 4
-# Long side of the overlays, in pixels. The maps have at most 24 x 24 cells (ViT-L/14@336): no detail of an
-# explanation is finer than 1/24 of the photo, and 2048 covers a QHD screen's width at 1:1. A 12 MP phone
-# photo drawn at 2048 x 1536 has a quarter of its pixels: 4x less to blend and encode. 0: the photo's size.
-MAX_SIZE = 2048
+# Long side of the overlays, in pixels (0: the photo's own size). The maps have at most 24 x 24 cells
+# (ViT-L/14@336): at 1024 a cell still spans 40 pixels or more, so no detail of an explanation is lost, and the
+# photo stays recognisable on any screen. Measured (scripts/bench.py scale): a 12 MP photo drawn at full size
+# costs several times the model's own work per image; at 1024 x 768 (1/16 of the pixels) 8 overlays take
+# about half of ViT-B/32's explanation of the image. Use --max-size 0 for prints.
+MAX_SIZE = 1024
 WORKERS = 2  # decoding and drawing threads: enough to hide both behind the model on a few cores
 
 
@@ -243,9 +245,8 @@ def _write(loaded: _Loaded, rel: Relevance, job: _Job) -> dict:
     _, kind, options = FORMATS[job.format]
     records, overlays, titles, words = [], [], [], []
     outputs = _outputs(folder, job)
-    for j, text in enumerate(job.texts):
-        grid = rel.image[0, j].numpy()
-        picture = overlay(loaded.picture, grid, geometry)
+    grids = [rel.image[0, j].numpy() for j in range(len(job.texts))]
+    for j, (text, grid, picture) in enumerate(zip(job.texts, grids, overlays(loaded.picture, grids, geometry))):
         write(outputs[j + 1], lambda f: picture.save(f, format=kind, **options))
         pairs = [] if rel.text is None else [(label, float(s)) for label, s in zip(rel.labels[j], rel.text[j][0])]
         overlays.append(picture)

@@ -436,7 +436,7 @@ def test_sheet_is_bounded_whatever_the_aspect_ratio(tmp_path, weights, explain):
                *texts_args(texts))
     assert proc["rc"] == 0 and error_lines(proc["stderr"]) == [], proc["stderr"]
     assert time.monotonic() - start < 60
-    for name, size in (("wide", (2048, 1)), ("tall", (1, 2048))):  # the default --max-size 2048
+    for name, size in (("wide", (1024, 1)), ("tall", (1, 1024))):  # the default --max-size 1024
         with Image.open(out / name / "sheet.png") as sheet:
             assert sheet.width <= 1600 and sheet.height <= 4000, sheet.size  # 6 panels of 256 + gaps a row
             assert sheet.width * sheet.height < Image.MAX_IMAGE_PIXELS

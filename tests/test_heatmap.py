@@ -288,7 +288,8 @@ def test_overlay_equals_the_float64_drawing_within_one_colour_level(width, heigh
 
 def test_overlay_of_a_large_photo_makes_no_full_size_float_array():
     """The float64 drawing held 8 bytes per channel and pixel several times over (7.7 GB peak for 48 MP): numpy
-    allocations while drawing a 3 MP photo now stay below one byte per pixel (tracemalloc counts numpy's)."""
+    allocations while drawing a 3 MP photo now stay below two bytes per pixel (tracemalloc counts numpy's): the
+    8-bit heat levels inside the crop and two float32 strips of rows."""
     import tracemalloc
     original = photo(2000, 1500, seed=5)
     g = geometry_of(2000, 1500, 224)
@@ -301,5 +302,5 @@ def test_overlay_of_a_large_photo_makes_no_full_size_float_array():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 2000 * 1500, peak
+    assert peak < 2 * 2000 * 1500, peak
     assert seconds < 5  # about 0.1 s here; the float64 drawing took seconds
