@@ -243,13 +243,13 @@ def _write(loaded: _Loaded, rel: Relevance, job: _Job) -> dict:
     except OSError as e:
         raise OutputError(f"{folder}: cannot use it for this image's outputs ({e.strerror or e})") from None
     _, kind, options = FORMATS[job.format]
-    records, overlays, titles, words = [], [], [], []
+    records, drawn, titles, words = [], [], [], []
     outputs = _outputs(folder, job)
     grids = [rel.image[0, j].numpy() for j in range(len(job.texts))]
     for j, (text, grid, picture) in enumerate(zip(job.texts, grids, overlays(loaded.picture, grids, geometry))):
         write(outputs[j + 1], lambda f: picture.save(f, format=kind, **options))
         pairs = [] if rel.text is None else [(label, float(s)) for label, s in zip(rel.labels[j], rel.text[j][0])]
-        overlays.append(picture)
+        drawn.append(picture)
         logit, prob = float(rel.logits[0, j]), float(rel.probs[0, j])
         score = f"  logit={logit:.2f}" if len(job.texts) == 1 else f"  p={prob:.2f}"  # one text: p is always 1
         titles.append((printable(text), score))
@@ -257,7 +257,7 @@ def _write(loaded: _Loaded, rel: Relevance, job: _Job) -> dict:
         records.append({"text": text, "logit": logit, "prob": prob,
                         "grid": grid.tolist(), "tokens": [{"token": t, "relevance": s} for t, s in pairs],
                         "overlay": str(outputs[j + 1])})
-    sheet = contact_sheet(loaded.picture, overlays, titles, words)
+    sheet = contact_sheet(loaded.picture, drawn, titles, words)
     write(outputs[0], lambda f: sheet.save(f, format="PNG"))
     remove_stale(folder, set(outputs[1:]))
     record = {"image": str(loaded.path), "width": geometry.width, "height": geometry.height,
