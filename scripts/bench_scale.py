@@ -41,6 +41,7 @@ PROMPTS = ["a photo of a dog", "a photo of a cat", "a diagram", "a red car parke
            "two children playing football on the beach", "a bowl of tomato soup with a spoon",
            "an old wooden house in the snow", "a close-up photo of a small bird on a branch"]
 GIB = 1 << 30
+PHOTOS = 64  # in the throughput runs
 
 
 def draw_photo(path: Path, width: int, height: int, seed: int) -> Path:
@@ -94,14 +95,6 @@ def child(mode: str, weights: str, paths: list[str], out: str) -> None:
         model, preprocess = mc.load(weights)
         images = torch.stack([preprocess(mc.load_image(p)) for p in paths])
         mc.relevance(model, images, PROMPTS)
-    elif mode == "cold":
-        import mini_clip as mc
-        imported = time.perf_counter()
-        mc.load(weights)
-        loaded = time.perf_counter()
-        print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "seconds": loaded - start,
-                          "peak": peak_rss()}))
-        return
     print(json.dumps({"seconds": time.perf_counter() - start, "peak": peak_rss()}))
 
 
@@ -169,8 +162,23 @@ def throughput(folder: Path, weights: Path, n: int, batches: tuple[int, ...], th
     return rows
 
 
+COLD = """import json, sys, time
+start = time.perf_counter()
+import mini_clip
+imported = time.perf_counter()
+mini_clip.load(sys.argv[1])
+print(json.dumps({"import_s": imported - start, "load_s": time.perf_counter() - imported}))
+"""
+
+
 def cold_start(weights: Path, repeats: int) -> list[tuple]:
-    runs = [run_child(["--child", "cold", str(weights)], 1) for _ in range(repeats)]
+    """`import mini_clip` and `mini_clip.load` timed inside a fresh interpreter that imported nothing else."""
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", COLD, str(weights)], capture_output=True, text=True,
+                             env=child_env(1), check=True)
+        runs.append({**json.loads(out.stdout), "process_s": time.perf_counter() - start})
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     return [("cold start, fresh process: import mini_clip", f"{med('import_s'):.2f} s", "-", "-", "-", "-"),
             ("cold start, fresh process: mini_clip.load(ViT-B/32 .safetensors) after the import",
@@ -217,7 +225,7 @@ def run(quick: bool, photos: int) -> list[tuple]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one repeat, 4 photos, batch sizes 1 and 4")
-    p.add_argument("--photos", type=int, default=64, help="photos in the throughput runs (default 64)")
+    p.add_argument("--photos", type=int, default=PHOTOS, help=f"photos in the throughput runs (default {PHOTOS})")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
