@@ -13,19 +13,19 @@ import signal
 import stat
 import sys
 import tempfile
-import unicodedata
+import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TextIO
 
 import torch
 
-from .heatmap import contact_sheet, overlay, word_scale
-from .image import ImageError, load_image, preprocess
-from .outputs import (DONE, RESULTS, SHEET, OutputError, finished, folder_names, image_folder, overlay_name,
-                      remove_stale, stamp, weights_stamp, write)
-from .relevance import METHODS, Relevance, relevance, settings
-from .tokenizer import default_tokenizer, tokenize
+from .folder import BATCH_SIZE, MAX_SIZE, WORKERS, explain_folder
+from .heatmap import word_scale
+from .image import ImageError
+from .outputs import FORMATS, RESULTS, OutputError, printable, write
+from .relevance import METHODS, Relevance, settings
+from .tokenizer import default_tokenizer
 from .weights import WeightsError, load
 
 MAX_TEXTS_FILE = 16 << 20  # bytes: a texts file is labels, not a corpus
@@ -35,16 +35,21 @@ EXAMPLE = """example:
   python -m mini_clip.explain a.jpg b.png --texts-file labels.txt --json --out results/
 
 outputs: OUT/results.json, and per image a folder OUT/NAME/ with sheet.png, result.json and one overlay per
-  text (01-a-dog.png, ...). NAME is the image's file name without its suffix, made safe (path separators,
+  text (01-a-dog.jpg, ... in --format), its long side at most --max-size pixels. NAME is the image's file name without its suffix, made safe (path separators,
   control characters and leading dots replaced or removed, at most 120 bytes); when two inputs' names
   clash (ignoring case), or a name is reserved (results.json), each of those gets -HASH, the first 8 hex
   digits of the SHA-256 of its absolute path. The same inputs give the same folders on every run.
 --resume skips an image only if its result.json records the same image file (absolute path, size,
   modification time), the same weights file (path, size, modification time), texts, --method,
-  --start-layer(-text), --signed and --truncate, and every file it lists exists; otherwise it is redone.
+  --start-layer(-text), --signed, --truncate, --max-size and --format, and every file it lists exists;
+  otherwise it is redone.
   A (re)done image's folder keeps only the current outputs: the tool's own stale overlays are removed.
 word scores (terminal and sheet): relevance / the text's largest |relevance|, in [-1, 1]; with --signed,
-  negative scores (evidence against the text) get '-' bars in the terminal and blue shades on the sheet."""
+  negative scores (evidence against the text) get '-' bars in the terminal and blue shades on the sheet.
+several processes or GPUs: torchrun --nproc-per-node K -m mini_clip.explain DIR ... splits the images across
+  the K processes (torch.distributed: gloo on CPU, NCCL with --device cuda, each process on GPU LOCAL_RANK);
+  each writes its own images' folders and prints their tables; process 0 writes results.json for all.
+  Several machines: torchrun --nnodes M --node-rank R --master-addr HOST ..., --out on a shared disk."""
 
 
 class UsageError(Exception):
@@ -77,6 +82,15 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="skip images finished before with the same image, weights, texts and "
                                                         "settings (see below)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N",
+                   help=f"images explained together (default: {BATCH_SIZE}); memory grows with N x texts")
+    p.add_argument("--max-size", type=int, default=MAX_SIZE, metavar="PIXELS",
+                   help=f"overlays' long side at most (default: {MAX_SIZE}: 40+ pixels for each of a map's "
+                        "cells, and cheap to draw; 0: the photo's own size)")
+    p.add_argument("--format", choices=tuple(FORMATS), default="jpeg",
+                   help="overlay format (default: jpeg, quality 90; png is lossless, webp smaller)")
+    p.add_argument("--workers", type=int, default=WORKERS, metavar="N",
+                   help=f"decoding and drawing threads beside the model (default: {WORKERS}; 0: none)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
@@ -146,14 +160,6 @@ def find_images(paths: list[str]) -> list[Path]:
     return found
 
 
-def printable(text: str) -> str:
-    """One line with nothing a terminal acts on: control, format and lone surrogate characters (a newline,
-    an escape sequence, a right-to-left override, an undecodable byte of a file name) escaped as Python
-    writes them ('\\n', '\\x1b', '\\u202e', '\\udcff')."""
-    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" else c
-                   for c in text)
-
-
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -191,70 +197,64 @@ def report(name: str, rel: Relevance, texts: list[str]) -> str:
     return "\n".join(lines)
 
 
-def explain_one(path: Path, folder: Path, model, texts, tokens, args, expected: dict
-                ) -> tuple[dict, Relevance]:
-    """Explain one image; write its overlays and sheet; return its JSON record and its Relevance."""
-    original = load_image(path)
-    x, geometry = preprocess(original, model.config.image_resolution, return_geometry=True,
-                             preprocessing=model.preprocessing)
-    rel = relevance(model, x[None], tokens, args.start_layer, args.start_layer_text, args.method, args.signed)
-    try:
-        folder.mkdir(exist_ok=True)
-        (folder / DONE).unlink(missing_ok=True)  # unfinished from here on, until the new record is written
-    except OSError as e:
-        raise OutputError(f"{folder}: cannot use it for this image's outputs ({e.strerror or e})") \
-            from None
-    records, overlays, titles, words = [], [], [], []
-    for j, text in enumerate(texts):
-        grid = rel.image[0, j].numpy()
-        picture = overlay(original, grid, geometry)
-        target = folder / overlay_name(j, text)
-        write(target, lambda f: picture.save(f, format="PNG"))
-        pairs = [] if rel.text is None else [(label, float(s)) for label, s in zip(rel.labels[j], rel.text[j][0])]
-        overlays.append(picture)
-        logit, prob = float(rel.logits[0, j]), float(rel.probs[0, j])
-        score = f"  logit={logit:.2f}" if len(texts) == 1 else f"  p={prob:.2f}"  # one text: p is always 1
-        titles.append((printable(text), score))
-        words.append([(printable(label), s) for label, s in pairs])
-        records.append({"text": text, "logit": logit, "prob": prob,
-                        "grid": grid.tolist(), "tokens": [{"token": t, "relevance": s} for t, s in pairs],
-                        "overlay": str(target)})
-    sheet = folder / SHEET
-    picture = contact_sheet(original, overlays, titles, words)
-    write(sheet, lambda f: picture.save(f, format="PNG"))
-    remove_stale(folder, {Path(r["overlay"]) for r in records})
-    record = {"image": str(path), "width": original.width, "height": original.height,
-              "crop_box": list(geometry.crop_box()), "texts": records, "sheet": str(sheet), "stamp": expected}
-    write(folder / DONE, lambda f: f.write(json.dumps(record).encode()))  # last: marks the image finished
-    return record, rel
-
-
 class Progress:
-    """'[n/N] image' on one terminal line (stderr), rewritten in place and erased before anything else is
-    printed, so it never runs into a result or an error line."""
+    """How far a run is. On a terminal: '[n/N] images/s, time left  image' on one line of stderr, rewritten in
+    place and erased before anything else is printed, so it never runs into a result or an error line. In a
+    log (no terminal): a line every `every` seconds. Off: nothing.
+
+    The rate counts the images explained in this run, not those resumed (they take no time)."""
 
     ERASE = "\r\033[K"  # carriage return, then erase to the end of the line
+    EVERY = 30.0  # seconds between lines in a log
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.shown = total, enabled, False
+    def __init__(self, total: int, mode: Optional[str], stream: TextIO = sys.stderr, every: float = EVERY,
+                 clock: Callable[[], float] = time.monotonic):
+        assert mode in (None, "terminal", "log")
+        self.total, self.mode, self.stream, self.every, self.clock = total, mode, stream, every, clock
+        self.shown, self.start, self.last, self.worked = False, clock(), clock(), 0
 
-    def show(self, n: int, path: Path) -> None:
-        if not self.enabled:
-            return
+    def done(self, n: int, path: Path, worked: bool) -> None:
+        """Image `path`, the n-th of the total, is finished (worked: explained now, not resumed)."""
+        self.worked += worked
+        if self.mode == "terminal":
+            self._line(f"[{n}/{self.total}] {self.rate(n)}", path)
+        elif self.mode == "log" and self.clock() - self.last >= self.every and n < self.total:
+            self.last = self.clock()
+            print(f"mini_clip.explain: progress: {n}/{self.total} images, {self.rate(n)}", file=self.stream,
+                  flush=True)
+
+    def rate(self, n: int) -> str:
+        seconds = self.clock() - self.start
+        if not self.worked or seconds <= 0:
+            return "-- images/s"
+        per_second = self.worked / seconds
+        return f"{per_second:.2f} images/s, {duration((self.total - n) / per_second)} left"
+
+    def _line(self, text: str, path: Path) -> None:
         try:
-            columns = os.get_terminal_size(sys.stderr.fileno()).columns or 80
-        except OSError:
+            columns = os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
             columns = 80
-        line = f"[{n}/{self.total}] {printable(str(path))}"
-        if len(line) >= columns:  # a wrapped line could not be erased: keep the end of the path
-            line = "…" + line[len(line) - columns + 2:]
-        print(self.ERASE + line, end="", file=sys.stderr, flush=True)
+        name = printable(str(path))
+        room = columns - 1 - len(text) - 2  # a wrapped line could not be erased: cut the path's start
+        line = f"{text}  {name if len(name) <= room else '…' + name[len(name) - room + 1:]}"[: columns - 1]
+        print(self.ERASE + line, end="", file=self.stream, flush=True)
         self.shown = True
 
     def clear(self) -> None:
         if self.shown:
-            print(self.ERASE, end="", file=sys.stderr, flush=True)
+            print(self.ERASE, end="", file=self.stream, flush=True)
             self.shown = False
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '3 min 5 s', '2 h 7 min': what a person reads at a glance."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def error(message: str) -> None:
@@ -264,22 +264,19 @@ def error(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     texts = read_texts(args)
     check_device(args.device)
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--max-size", args.max_size, 0),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
     if args.signed and args.method not in (None, "chefer"):
         raise UsageError(f"--signed works with --method chefer only, not {args.method}")
+    rank, world, device = ranks(args.device)
     with warnings.catch_warnings(record=True) as caught:  # the loader's warnings, as one line each
         warnings.simplefilter("always")
-        model, _ = load(args.weights, device=args.device, arch=args.arch)
+        model, _ = load(args.weights, device=device, arch=args.arch)
     for w in caught:
         print(f"mini_clip.explain: warning: {w.message}", file=sys.stderr)
-    for k, text in enumerate(texts):
-        n = len(default_tokenizer().encode(text)) + 2  # + start and end of text
-        if n == 2:
-            raise UsageError(f"text {k + 1} ({text[:30]!r}) has no words the tokenizer keeps (only control "
-                             "characters?): give it some words")
-        if n > model.context_length and not args.truncate:
-            raise UsageError(f"text {k + 1} ({text[:30]!r}...) has {n} tokens; the model's context is "
-                             f"{model.context_length} (use --truncate to cut it)")
-    tokens = tokenize(texts, model.context_length, truncate=args.truncate)
+    check_texts(texts, model.context_length, args.truncate)
     args.given = (args.method, args.start_layer, args.start_layer_text)
     try:  # what is given, else what the weights recommend, else the original's defaults
         method, start, start_text = settings(model, args.method, args.start_layer, args.start_layer_text,
@@ -290,30 +287,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--signed works with method chefer only; the weights recommend {method}: add "
                          "--method chefer")
     args.method, args.start_layer, args.start_layer_text = method, start, start_text  # resolved, for all images
-    if not args.quiet and not args.json:
+    if not args.quiet and not args.json and rank == 0:
         print(describe(model, args) + "\n", flush=True)
     images = find_images(args.images)
     if not images:
         raise UsageError(f"no images found in {' '.join(args.images)}")
     created = not args.out.exists()
     check_writable(args.out)
-    weights = weights_stamp(args.weights)
-    results, failures = [], 0
-    progress = Progress(len(images), len(images) > 1 and sys.stderr.isatty() and not args.quiet)
-    for n, (path, name) in enumerate(zip(images, folder_names(images)), 1):
-        progress.show(n, path)
-        try:
-            record, rel = explain_image(path, name, model, texts, tokens, args, weights)
-        except (ImageError, OutputError) as e:
-            failures += 1
-            progress.clear()
-            error(str(e))
-            continue
-        results.append(record)
-        if rel is not None and not args.json and not args.quiet:
-            progress.clear()
-            print(report(str(path), rel, texts) + "\n", flush=True)
-    progress.clear()
+    if world > 1:
+        start_group(device)
+    results, failures = explain_all(model, images, texts, args, rank, world)
+    if world > 1:  # every process's records, in input order, for process 0 to write
+        results, failures = gather(results, failures, world)
+        if rank != 0:
+            return 1 if failures else 0
+    results = [record for _, record in sorted(results, key=lambda pair: pair[0])]
     used = {"weights": args.weights or "embedded scenes model", **resume_settings(args),
             "recommended_by_weights": model.recommended}
     document = json.dumps({"settings": used, "results": results}, indent=1)
@@ -333,29 +321,80 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures or not written else 0
 
 
-def explain_image(path: Path, name: str, model, texts, tokens, args, weights: dict
-                  ) -> tuple[dict, Optional[Relevance]]:
-    """One image: its record from a finished earlier run (--resume; no Relevance then), or explained now."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        mode = None  # missing or unreadable: load_image says which
-    if mode is not None and not stat.S_ISREG(mode):
-        raise ImageError(f"{path}: not a regular file (a FIFO, device or socket is not read as an image)")
-    folder = image_folder(args.out, name)
-    expected = stamp(path, texts, weights, resume_settings(args)) if mode is not None else None
-    if args.resume and expected is not None:
-        outputs = [folder / SHEET, *(folder / overlay_name(j, t) for j, t in enumerate(texts))]
-        record = finished(folder, expected, outputs)
-        if record is not None:
-            return record, None
-    return explain_one(path, folder, model, texts, tokens, args, expected)
+def check_texts(texts: list[str], context: int, truncate: bool) -> None:
+    """Every text has words, and fits the context unless --truncate: a UsageError before any image is read."""
+    for k, text in enumerate(texts):
+        n = len(default_tokenizer().encode(text)) + 2  # + start and end of text
+        if n == 2:
+            raise UsageError(f"text {k + 1} ({text[:30]!r}) has no words the tokenizer keeps (only control "
+                             "characters?): give it some words")
+        if n > context and not truncate:
+            raise UsageError(f"text {k + 1} ({text[:30]!r}...) has {n} tokens; the model's context is "
+                             f"{context} (use --truncate to cut it)")
+
+
+def explain_all(model, images: list[Path], texts: list[str], args: argparse.Namespace, rank: int, world: int
+                ) -> tuple[list[tuple[int, dict]], int]:
+    """This process's share of the images, explained, printed as they finish: ((position, record)...,
+    failures)."""
+    positions = range(rank, len(images), world)
+    mode = None if args.quiet else "terminal" if sys.stderr.isatty() else "log"
+    progress = Progress(len(positions), mode if len(positions) > 1 else None)
+    results, failures = [], 0
+    done = explain_folder(model, images, texts, args.out, method=args.method, start_layer=args.start_layer,
+                          start_layer_text=args.start_layer_text, signed=args.signed, truncate=args.truncate,
+                          batch_size=args.batch_size, workers=args.workers, max_size=args.max_size,
+                          format=args.format, resume=args.resume, weights=args.weights, shard=(rank, world))
+    for n, (position, result) in enumerate(zip(positions, done), 1):
+        progress.clear()
+        if result.error is not None:
+            failures += 1
+            error(result.error)
+        else:
+            results.append((position, result.record))
+            if result.relevance is not None and not args.json and not args.quiet:
+                print(report(str(result.path), result.relevance, texts) + "\n", flush=True)
+        progress.done(n, result.path, worked=result.relevance is not None)
+    progress.clear()
+    return results, failures
+
+
+def ranks(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) of this process: under torchrun (WORLD_SIZE set), its place among the
+    processes and, for CUDA, the GPU of its LOCAL_RANK; otherwise (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    rank = int(os.environ["RANK"])
+    if torch.device(device).type == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return rank, world, device
+
+
+def start_group(device: str) -> None:
+    """Join torchrun's process group: NCCL between GPUs, gloo on CPUs (torch.distributed reads MASTER_ADDR,
+    MASTER_PORT, RANK and WORLD_SIZE from the environment torchrun sets)."""
+    import torch.distributed as dist  # only under torchrun
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))  # NCCL's object exchange runs on this process's GPU
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def gather(results: list[tuple[int, dict]], failures: int, world: int) -> tuple[list[tuple[int, dict]], int]:
+    """Every process's (position, record) pairs and failure count, in every process; then the group ends."""
+    import torch.distributed as dist
+    shares = [None] * world
+    dist.all_gather_object(shares, (results, failures))
+    dist.destroy_process_group()
+    return [pair for share, _ in shares for pair in share], sum(count for _, count in shares)
 
 
 def resume_settings(args: argparse.Namespace) -> dict:
-    """The settings an image's outputs depend on, as recorded for --resume."""
+    """The settings an image's outputs depend on, as recorded for --resume (and in results.json)."""
     return {"method": args.method, "start_layer": args.start_layer, "start_layer_text": args.start_layer_text,
-            "signed": args.signed, "truncate": args.truncate}
+            "signed": args.signed, "truncate": args.truncate, "max_size": args.max_size, "format": args.format}
 
 
 def describe(model, args: argparse.Namespace) -> str:

@@ -12,7 +12,7 @@ colour-blind readers; JET's bright cyan and yellow bands in the middle of the ra
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -42,23 +42,31 @@ def normalise(grid: np.ndarray) -> np.ndarray:
     return (grid - grid.min()) / span if span > 0 else np.zeros_like(grid)
 
 
-def _sampling(n_pixels: int, resized: int, offset: int, size: int, cells: int, smooth: bool):
-    """For one axis: (weights (n_pixels, cells), inside (n_pixels,)). Pixel centre -> resized image ->
-    crop -> grid coordinate, where cell k's centre is at k + 0.5; bilinear between centres, clamped at the
-    crop's edges (align_corners=False), or the cell containing the point when not smooth."""
+def _axis(n_pixels: int, resized: int, offset: int, size: int, cells: int):
+    """For one axis, the bilinear taps of each pixel: (low cell, weight of cell low + 1, inside). Pixel centre
+    -> resized image -> crop -> grid coordinate, where cell k's centre is at k + 0.5; bilinear between
+    centres, clamped at the crop's edges (align_corners=False)."""
     crop = (np.arange(n_pixels) + 0.5) * resized / n_pixels - offset  # position in the crop, in pixels
     inside = (crop >= 0) & (crop < size)
-    g = crop * cells / size  # in cells
+    g = np.clip(crop * cells / size - 0.5, 0, cells - 1)  # in cells, from the first centre
+    low = np.minimum(np.floor(g).astype(int), max(cells - 2, 0))
+    frac = g - low if cells > 1 else np.zeros(n_pixels)
+    return low, frac, inside
+
+
+def _sampling(n_pixels: int, resized: int, offset: int, size: int, cells: int, smooth: bool):
+    """For one axis: (weights (n_pixels, cells), inside (n_pixels,)): `_axis`'s taps as a matrix, or the cell
+    containing the point when not smooth."""
+    low, frac, inside = _axis(n_pixels, resized, offset, size, cells)
     weights = np.zeros((n_pixels, cells))
+    rows = np.arange(n_pixels)
     if smooth:
-        g = np.clip(g - 0.5, 0, cells - 1)
-        low = np.minimum(np.floor(g).astype(int), cells - 2) if cells > 1 else np.zeros(n_pixels, int)
-        frac = g - low if cells > 1 else np.zeros(n_pixels)
-        weights[np.arange(n_pixels), low] = 1 - frac
+        weights[rows, low] = 1 - frac
         if cells > 1:
-            weights[np.arange(n_pixels), low + 1] += frac
+            weights[rows, low + 1] += frac
     else:
-        weights[np.arange(n_pixels), np.clip(np.floor(g).astype(int), 0, cells - 1)] = 1
+        crop = (rows + 0.5) * resized / n_pixels - offset
+        weights[rows, np.clip(np.floor(crop * cells / size).astype(int), 0, cells - 1)] = 1
     return weights * inside[:, None], inside
 
 
@@ -78,23 +86,84 @@ def grid_to_image(grid: np.ndarray, geometry: CropGeometry, smooth: bool = True)
     return wy @ grid @ wx.T, in_y[:, None] & in_x[None, :]
 
 
+# The colour of each of the 256 heat levels drawn, k / 255 on the inferno scale: one table lookup per pixel.
+COLOURS = colormap(np.arange(256) / 255.0)  # (256, 3) uint8
+DIMMED = [round(DIM * v) for v in range(256)] * 3  # PIL's per-channel lookup table for the outside
+STRIP = 256  # output rows computed at once: bounds the float32 scratch to 2 x STRIP x width x 4 bytes
+
+
+def shrink(image: Image.Image, max_size: int) -> Image.Image:
+    """The image scaled down so that its long side is at most `max_size` pixels (0: as it is), aspect kept.
+    A drawing copy: the frame is the same, so the photo's CropGeometry still maps onto it (see `overlay`)."""
+    scale = max_size / max(image.width, image.height) if max_size else 1.0
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BICUBIC, reducing_gap=1.5)  # a fast box pre-shrink first: half the time
+
+
+def heat_levels(grid: np.ndarray, geometry: CropGeometry, width: int, height: int
+                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The min-max normalised grid as 8-bit heat levels over the part of a width x height picture of the
+    photo that the model saw, bilinear between patch centres exactly as `grid_to_image` (the same
+    `_sampling` weights, summed in float32 a strip of rows at a time: no full-size float array).
+
+    Returns:
+        (levels (y1 - y0, x1 - x0) uint8, round(255 * heat); box (x0, y0, x1, y1), the pixels inside the crop).
+    """
+    grid = normalise(grid)
+    low, frac, in_y = _axis(height, geometry.resized_height, geometry.top, geometry.size, grid.shape[0])
+    wx, in_x = _sampling(width, geometry.resized_width, geometry.left, geometry.size, grid.shape[1], True)
+    ys, xs = np.flatnonzero(in_y), np.flatnonzero(in_x)  # each a run of consecutive pixels (monotonic map)
+    if not len(ys) or not len(xs):
+        return np.zeros((0, 0), np.uint8), (0, 0, 0, 0)
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    # The horizontal pass once, on the grid's rows, in levels; padded with a copy of the last row so the
+    # upper tap of a one-row grid exists (its weight is 0). Then the vertical pass, two taps per output row,
+    # a strip at a time, in numpy on this thread (no BLAS or torch thread pool: drawing runs beside the model).
+    columns = (grid @ wx[x0:x1].T * 255).astype(np.float32)  # (cells, x1 - x0)
+    columns = np.concatenate([columns, columns[-1:]])
+    low, frac = low[y0:y1], frac[y0:y1, None].astype(np.float32)
+    levels = np.empty((y1 - y0, x1 - x0), np.uint8)
+    for top in range(0, y1 - y0, STRIP):
+        rows = slice(top, top + STRIP)
+        a, b = columns[low[rows]], columns[low[rows] + 1]
+        b -= a
+        b *= frac[rows]
+        b += a  # a + frac * (b - a): in [0, 255] (convex)
+        b += 0.5
+        levels[rows] = b  # + 0.5, then truncation: the nearest level
+    return levels, (x0, y0, x1, y1)
+
+
 def overlay(original: Image.Image, grid: np.ndarray, geometry: CropGeometry, alpha: float = ALPHA) -> Image.Image:
-    """The original photo, at its own size, with the min-max normalised map blended over what the model
-    saw and the rest dimmed.
+    """The photo with the min-max normalised map blended over what the model saw and the rest dimmed.
 
     Args:
-        original: the photo as loaded (RGB, before preprocessing).
+        original: the photo as loaded (RGB, before preprocessing), or a copy of it at another size (`shrink`):
+            the geometry maps the photo's frame, so any scale of it is drawn in place.
         grid: relevance over the patch grid (any scale).
         geometry: the photo's CropGeometry.
         alpha: weight of the heat colours over the photo.
     Returns:
-        An RGB image of the photo's size.
+        An RGB image of `original`'s size: heat colours from the 256-entry `COLOURS` table, blended in 8 bits.
     """
-    heat, inside = grid_to_image(normalise(grid), geometry)
-    photo = np.asarray(original.convert("RGB"), dtype=np.float64)
-    blended = (1 - alpha) * photo + alpha * colormap(heat)
-    out = np.where(inside[..., None], blended, DIM * photo)
-    return Image.fromarray(np.rint(out).astype(np.uint8), "RGB")
+    return next(overlays(original, [grid], geometry, alpha))
+
+
+def overlays(original: Image.Image, grids, geometry: CropGeometry, alpha: float = ALPHA) -> Iterator[Image.Image]:
+    """`overlay` for each grid in turn, the work they share (the dimmed photo, the crop) done once."""
+    photo = original if original.mode == "RGB" else original.convert("RGB")
+    dimmed, seen = photo.point(DIMMED), None
+    for grid in grids:
+        levels, box = heat_levels(grid, geometry, photo.width, photo.height)
+        out = dimmed.copy()
+        if levels.size:
+            seen = photo.crop(box) if seen is None else seen  # the same box for every grid
+            heat = Image.fromarray(levels, "P")
+            heat.putpalette(COLOURS.tobytes())  # the table as the palette: one lookup per pixel, in PIL
+            out.paste(Image.blend(seen, heat.convert("RGB"), alpha), box[:2])
+        yield out
 
 
 # The contact sheet's layout. Every size below is fixed, so the sheet is bounded whatever the photo's aspect

@@ -180,14 +180,13 @@ def _gradcam(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor) -> torch.T
     return ((weights * x).sum(dim=-1) * mask.squeeze(-1)).clamp(min=0)  # (P, T)
 
 
-def _legrad(model: CLIP, x: torch.Tensor, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _legrad(model: CLIP, x: torch.Tensor, text: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
     """LeGrad from block `start` on, for every (image, text) pair. x: the tokens entering block `start`
-    (B, T, C); returns (logits (B, N), maps (B*N, T-1) over the patches; pair p = i * N + j)."""
+    (B, T, C); text: the texts' features (N, D), a constant as in the authors' code; returns (logits (B, N),
+    maps (B*N, T-1) over the patches; pair p = i * N + j)."""
     visual, blocks = model.visual, model.visual.transformer.resblocks[start:]
-    with torch.no_grad():
-        text = model.encode_text(tokens)  # (N, D): a constant, as in the authors' code
     unit = text / text.norm(dim=-1, keepdim=True)
-    B, N = x.shape[0], tokens.shape[0]
+    B, N = x.shape[0], text.shape[0]
     with torch.enable_grad(), recording(blocks):
         score = 0
         for block in blocks:
@@ -283,6 +282,54 @@ def _as_tokens(model: CLIP, texts: Texts, truncate: bool) -> torch.Tensor:
     return tokens
 
 
+@dataclass(frozen=True)
+class PreparedTexts:
+    """Texts made ready for `relevance` once, for any number of image batches: everything of the text side
+    that does not depend on the image. Chefer's, Grad-CAM's and the baselines' text maps do depend on it
+    (they come from each pair's gradients, or from the same forward), so only what comes before the graph
+    is kept: the token ids and labels, and the tokens entering text block `start_layer_text` (the blocks
+    before it run without a graph, on the texts alone). LeGrad uses the texts' features only: kept whole.
+    The same numbers as `relevance` computes from strings: the same calls on the same inputs.
+
+    Attributes:
+        tokens: the token ids (N, context); labels: per text, its token strings.
+        method, start_layer_text: the settings it was prepared for (resolved, as `settings` gives them).
+        prefix: the text tokens entering block start_layer_text (N, L, width), L up to the last
+            end-of-text; None for legrad.
+        features: legrad's text features (N, embed_dim); None for the other methods.
+    """
+    tokens: torch.Tensor
+    labels: list[list[str]]
+    method: str
+    start_layer_text: int
+    prefix: Optional[torch.Tensor]
+    features: Optional[torch.Tensor]
+
+
+def prepare_texts(model: CLIP, texts: Texts, method: Optional[str] = None, start_layer_text: Optional[int] = None,
+                  truncate: bool = False) -> PreparedTexts:
+    """Tokenize the texts and run what of the text tower does not depend on the image, once (see
+    PreparedTexts); pass the result to `relevance` as its `texts`, with the same method and start layer.
+
+    Args and errors: as `relevance`'s texts, method, start_layer_text and truncate.
+    """
+    method, _, s_txt = settings(model, method, None, start_layer_text)
+    device = model.positional_embedding.device
+    tokens = _as_tokens(model, texts, truncate).to(device)
+    labels = [token_labels(row) for row in tokens.cpu()]
+    prefix = features = None
+    with torch.no_grad():
+        if method == "legrad":
+            features = model.encode_text(tokens)  # (N, D)
+        else:
+            # Causal attention: padding after the last end-of-text changes nothing that is read, and its
+            # relevance rows and columns are those of the identity; cut it here, put it back at the end.
+            prefix = model.embed_text(tokens[:, : int(tokens.argmax(dim=-1).max()) + 1])
+            for block in model.transformer.resblocks[:s_txt]:
+                prefix = block(prefix, causal=True)
+    return PreparedTexts(tokens, labels, method, s_txt, prefix, features)
+
+
 def relevance(model: CLIP, image: Images, texts: Texts,
               start_layer: Optional[int] = None, start_layer_text: Optional[int] = None,
               method: Optional[str] = None, signed: bool = False, truncate: bool = False) -> Relevance:
@@ -298,7 +345,8 @@ def relevance(model: CLIP, image: Images, texts: Texts,
         texts: a string or a list of strings (tokenized with the model's context), or token ids
             (N, <= context): a LongTensor as mini_clip.tokenize makes, an integer numpy array, rows of ints.
             Refused with a ValueError: no texts, float ids, ids outside [0, vocab_size), a row without
-            end-of-text.
+            end-of-text. Or `prepare_texts`' answer, for the same method and text start layer: then the
+            texts' work before the graph is not done again (many batches of images, one set of texts).
         start_layer, start_layer_text: first block explained in each tower: -1 the last block only
             (the original's default), k blocks k..last, 0 all blocks; None: the weights' recommendation
             (`recommended(model)`) when it is for this method, else the method's default (DEFAULT_START).
@@ -315,32 +363,32 @@ def relevance(model: CLIP, image: Images, texts: Texts,
     if torch.is_inference_mode_enabled():
         raise RuntimeError("relevance needs gradients: call it outside torch.inference_mode() (no_grad is fine)")
     device = model.positional_embedding.device
-    tokens = _as_tokens(model, texts, truncate).to(device)
+    if not isinstance(texts, PreparedTexts):
+        texts = prepare_texts(model, texts, method, s_txt, truncate)
+    elif (texts.method, texts.start_layer_text) != (method, s_txt) or texts.tokens.device != device:
+        raise ValueError(f"texts were prepared for {texts.method}, text block {texts.start_layer_text}, on "
+                         f"{texts.tokens.device}; this call is for {method}, text block {s_txt}, on {device}: "
+                         "prepare them with the same settings and model")
+    tokens, labels = texts.tokens, texts.labels
     image = _as_images(image, model.visual.input_resolution, model.preprocessing).to(device)
     visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
     B, N = image.shape[0], tokens.shape[0]
     eot = tokens.argmax(dim=-1)  # (N,) end-of-text positions: 49407 is the largest id
-    # Causal attention: padding after the last end-of-text changes nothing that is read, and its relevance
-    # rows and columns are those of the identity; cut it here, put it back at the end.
-    cut = tokens[:, : int(eot.max()) + 1]
-    L, T = cut.shape[1], visual.positional_embedding.shape[0]
+    T = visual.positional_embedding.shape[0]
 
-    with torch.no_grad():  # blocks before the start layers: no graph
+    with torch.no_grad():  # image blocks before the start layer: no graph (the texts' are in `texts`)
         x = visual.embed(image)
         for block in vblocks[:s_img]:
             x = block(x)
-        t = model.embed_text(cut)
-        for block in tblocks[:s_txt]:
-            t = block(t, causal=True)
-    labels = [token_labels(row) for row in tokens.cpu()]
     grid = int(round((T - 1) ** 0.5))
     if method == "legrad":  # its own forward: per-block pooled scores, every row of every block
-        logits, maps = _legrad(model, x, tokens, s_img)
+        logits, maps = _legrad(model, x, texts.features, s_img)
         logits = logits.detach().float().cpu()
         return Relevance(logits=logits, probs=logits.softmax(dim=-1), text=None, labels=labels,
                          image=maps.detach().float().cpu().reshape(B, N, grid, grid), tokens=tokens.cpu(),
                          image_matrix=None, text_matrix=None, method=method, start_layer=s_img,
                          start_layer_text=s_txt)
+    t, L = texts.prefix.detach(), texts.prefix.shape[1]  # its own requires_grad flag; the data is shared
     P = B * N  # pairs, p = i * N + j
     of_image = torch.arange(B, device=device).repeat_interleave(N)  # (P,) the image of each pair
     of_text = torch.arange(N, device=device).repeat(B)  # (P,) the text of each pair

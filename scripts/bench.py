@@ -19,7 +19,9 @@ process's CPU time, which other jobs on a busy machine barely move; with more th
   forward    1 image + 8 full-length texts, and 32 images: mini_clip vs OpenAI vs transformers (eager, sdpa);
   tokenizer  10,000 captions: mini_clip vs OpenAI's SimpleTokenizer (scripts/bench_tokenizer.py);
   load       a ViT-B/32-shaped checkpoint: mini_clip .safetensors vs OpenAI-style TorchScript vs torch.load;
-  memory     peak extra RSS of one explain call (ViT-B/16, 1 x 8), each in a fresh subprocess.
+  memory     peak extra RSS of one explain call (ViT-B/16, 1 x 8), each in a fresh subprocess;
+  scale      real-size photos (scripts/bench_scale.py, wall time): the CLI end to end vs the core work, peak
+             RSS, folder images/s vs the model's, cold start in a fresh process, torchrun 2 vs 1 process.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tokenizer, beside this file
+import bench_scale  # noqa: E402
 import bench_tokenizer  # noqa: E402
 
 import mini_clip  # noqa: E402
@@ -50,7 +53,7 @@ from mini_clip.model import PRESETS, CLIPConfig  # noqa: E402
 from mini_clip.tokenizer import EOT, SOT, Tokenizer  # noqa: E402
 from mini_clip.weights import build  # noqa: E402
 
-SECTIONS = ("explain", "forward", "tokenizer", "load", "memory")
+SECTIONS = ("explain", "forward", "tokenizer", "load", "memory", "scale")
 LONG_S = 5.0  # a first call longer than this counts as a measurement ...
 LONG_CALLS = 3  # ... and the function is called this many times in all
 PROMPTS = ["a photo of a dog", "a photo of a cat", "a diagram", "a red car parked on a busy street",
@@ -610,6 +613,9 @@ def main(argv: list[str] | None = None) -> None:
         section("memory")
         rows += (bench_memory("tiny", args.threads, ("forward", "chefer-1")) if args.quick
                  else bench_memory("ViT-B/16", args.threads))
+    if "scale" in args.sections:
+        section("scale")
+        rows += [Row(*row) for row in bench_scale.run(args.quick, bench_scale.PHOTOS)]
     section("done")
     print()
     print_table(rows)

@@ -6,8 +6,8 @@
 
 Draws N scenes (mini_clip.scenes.make_scene(seed, size=96)) into a temporary folder as PNGs, then runs the
 CLI's own entry point, `mini_clip.explain.main`, in this process: by default ONE call over the whole folder,
-as a user would, with `explain_one` wrapped here (nothing is added to the library) to read this process's
-resident set size (VmRSS) as each image finishes; with --per-call, one `main([...])` per image, which also
+as a user would, with `mini_clip.folder._draw` wrapped here (nothing is added to the library) to read this
+process's resident set size (VmRSS) as each image finishes; with --per-call, one `main([...])` per image, which also
 repeats loading the weights. Prints RSS every 100 images, at image 100 and at N, and the growth in %
 (target: < 10 %). The run's own results list grows by design: results.json is written at the end.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 
 import mini_clip
 import mini_clip.explain as explain
+import mini_clip.folder as folder
 from mini_clip.scenes import make_scene
 
 TEXTS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a white hexagon"]
@@ -79,19 +81,20 @@ def main(argv: list[str] | None = None) -> int:
                 status |= explain.main([str(path), *common])
                 sample(k)
         else:
-            inner, done = explain.explain_one, [0]
+            inner, done, lock = folder._draw, [0], threading.Lock()
 
             def counted(*a, **kw):
                 result = inner(*a, **kw)
-                done[0] += 1
-                sample(done[0])
+                with lock:  # drawn in worker threads
+                    done[0] += 1
+                    sample(done[0])
                 return result
 
-            explain.explain_one = counted  # the CLI looks it up at each call
+            folder._draw = counted  # the pipeline looks it up at each call
             try:
                 status = explain.main([str(images), *common])
             finally:
-                explain.explain_one = inner
+                folder._draw = inner
         seconds = time.perf_counter() - start
 
     if status != 0 or 100 not in samples or args.n not in samples:

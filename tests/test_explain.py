@@ -117,7 +117,7 @@ def test_run_writes_overlays_at_the_original_size_and_a_sheet(good_run, pictures
         for entry in record["texts"]:
             assert Path(entry["overlay"]).is_file()
             with Image.open(entry["overlay"]) as picture:
-                assert picture.size == size and picture.format == "PNG"
+                assert picture.size == size and picture.format == "JPEG"  # the default --format
         assert Path(record["sheet"]).is_file()
         with Image.open(record["sheet"]) as sheet:
             sheet.load()
@@ -319,6 +319,10 @@ BAD = {
     "missing image, odd name": (["<odd\nname\x1b[2J.png>", "--text", "a", "--weights", W], 1,
                                 ["odd\\nname\\x1b[2J.png", "no such file"]),
     "text without tokens": ([GOOD, "--text", "\x1b\x07", "--weights", W], 2, ["text 1", "no words"]),
+    "batch size 0": ([GOOD, "--text", "a", "--weights", W, "--batch-size", "0"], 2, ["--batch-size", "at least 1"]),
+    "negative max size": ([GOOD, "--text", "a", "--weights", W, "--max-size", "-1"], 2, ["--max-size", "at least 0"]),
+    "negative workers": ([GOOD, "--text", "a", "--weights", W, "--workers", "-2"], 2, ["--workers", "at least 0"]),
+    "unknown format": ([GOOD, "--text", "a", "--weights", W, "--format", "gif"], 2, ["--format", "gif"]),
 }
 if not torch.backends.mps.is_available():
     BAD["device mps"] = ([GOOD, "--text", "a", "--weights", W, "--device", "mps"], 2, ["mps", "cpu"])
@@ -432,12 +436,12 @@ def test_sheet_is_bounded_whatever_the_aspect_ratio(tmp_path, weights, explain):
                *texts_args(texts))
     assert proc["rc"] == 0 and error_lines(proc["stderr"]) == [], proc["stderr"]
     assert time.monotonic() - start < 60
-    for name, size in (("wide", (10000, 1)), ("tall", (1, 10000))):
+    for name, size in (("wide", (1024, 1)), ("tall", (1, 1024))):  # the default --max-size 1024
         with Image.open(out / name / "sheet.png") as sheet:
             assert sheet.width <= 1600 and sheet.height <= 4000, sheet.size  # 6 panels of 256 + gaps a row
             assert sheet.width * sheet.height < Image.MAX_IMAGE_PIXELS
-        with Image.open(out / name / "01-a-picture-number-0.png") as picture:
-            assert picture.size == size  # overlays stay at the photo's own size
+        with Image.open(out / name / "01-a-picture-number-0.jpg") as picture:
+            assert picture.size == size  # the photo's frame, its long side bounded
 
 
 def test_names_derived_from_files_stay_inside_out(tmp_path, weights, pictures, explain):
@@ -460,7 +464,7 @@ def test_names_derived_from_files_stay_inside_out(tmp_path, weights, pictures, e
         assert not folder.name.startswith(".") and folder.name not in (".", "..") and folder.name.strip() == folder.name
         assert not any(unicodedata.category(c)[0] == "C" for c in folder.name)
         assert len(os.fsencode(folder.name)) <= 255 - len(".sheet.png.9999999.tmp")  # room for temp files
-        assert sorted(p.name for p in folder.iterdir()) == ["01-a-shape.png", "result.json", "sheet.png"]
+        assert sorted(p.name for p in folder.iterdir()) == ["01-a-shape.jpg", "result.json", "sheet.png"]
     document = json.loads((out / "results.json").read_text())
     assert sorted(Path(r["image"]).name for r in document["results"]) == sorted(names)
     assert len({Path(r["sheet"]).parent for r in document["results"]}) == len(names)
@@ -511,9 +515,9 @@ def test_resume_redoes_what_changed_and_survives_foreign_records(tmp_path, weigh
 
     assert run(tmp_path / "d0" / "photo.png") == {"photo.png", "other.png"}
     assert run(tmp_path / "d0" / "photo.png") == set()  # all finished: nothing to do
-    (out / "other" / "02-a-blue-circle-on-grey.png").unlink()
+    (out / "other" / "02-a-blue-circle-on-grey.jpg").unlink()
     assert run(tmp_path / "d1" / "photo.png") == {"photo.png", "other.png"}  # another photo; a lost overlay
-    assert (out / "other" / "02-a-blue-circle-on-grey.png").is_file()
+    assert (out / "other" / "02-a-blue-circle-on-grey.jpg").is_file()
     assert json.loads((out / "photo" / "result.json").read_text())["image"] == str(tmp_path / "d1" / "photo.png")
     assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == {"photo.png", "other.png"}
     record = json.loads((out / "photo" / "result.json").read_text())
@@ -536,7 +540,7 @@ def test_a_rerun_leaves_only_the_current_outputs_and_never_user_files(tmp_path, 
     proc = explain(pictures["portrait"], "--weights", weights, "--out", out, "--text", TEXTS[1])
     assert proc["rc"] == 0, proc["stderr"]
     assert sorted(p.name for p in (out / "portrait").iterdir()) == [
-        "01-a-blue-circle-on-grey.png", "my-drawing.png", "notes.txt", "result.json", "sheet.png"]
+        "01-a-blue-circle-on-grey.jpg", "my-drawing.png", "notes.txt", "result.json", "sheet.png"]
 
 
 def test_one_unwritable_output_fails_its_image_only(tmp_path, weights, pictures, explain):

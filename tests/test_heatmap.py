@@ -6,6 +6,9 @@ int(round((resized - size) / 2)). Cell (r, c) of a g x g grid covers crop pixels
 across and the same with r down; a crop pixel position p maps back to the original at
 (offset + p) * original / resized. A pixel of the original belongs to the cell its centre falls in.
 """
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -243,3 +246,71 @@ def test_signed_word_shades_are_scaled_by_the_largest_magnitude_and_negatives_lo
         distance = np.abs(inferno - np.array(word_colour(value))).sum(axis=1).min()
         assert distance > 60, (value, word_colour(value))  # far from every colour of the positive scale
     assert tuple(word_colour(1.0)) == INFERNO_LAST
+
+
+def reference_overlay(original: Image.Image, grid: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
+    """The drawing as it was, in float64, worked out here: each pixel of a picture of the photo's frame
+    (any scale) traced to the crop, the min-max normalised grid sampled bilinearly between cell centres
+    (clamped at the crop's edges), coloured by the inferno scale, blended 1:1 inside the crop, dimmed outside."""
+    rw, rh, left, top = expected_geometry(width, height, size)
+    w, h = original.size
+    cells = grid.shape[0]
+
+    def axis(n, resized, offset):
+        crop = (np.arange(n) + 0.5) * resized / n - offset
+        g = np.clip(crop * cells / size - 0.5, 0, cells - 1)
+        low = np.minimum(np.floor(g).astype(int), cells - 2)
+        return low, g - low, (crop >= 0) & (crop < size)
+
+    (ly, fy, iny), (lx, fx, inx) = axis(h, rh, top), axis(w, rw, left)
+    g = (grid - grid.min()) / (grid.max() - grid.min())
+    rows = g[ly] * (1 - fy)[:, None] + g[ly + 1] * fy[:, None]  # (h, cells)
+    heat = rows[:, lx] * (1 - fx) + rows[:, lx + 1] * fx  # (h, w)
+    photo = np.asarray(original, dtype=np.float64)
+    blended = (1 - ALPHA) * photo + ALPHA * colormap(heat)
+    return np.where((iny[:, None] & inx[None, :])[..., None], blended, DIM * photo)
+
+
+@pytest.mark.parametrize("width, height, size, cells, scale", [
+    (120, 80, 32, 4, 1), (80, 120, 32, 4, 1), (640, 427, 224, 7, 1), (301, 533, 224, 14, 1), (53, 37, 16, 2, 1),
+    (37, 530, 56, 7, 1), (640, 427, 224, 7, 0.37), (301, 533, 224, 14, 0.5)])
+def test_overlay_equals_the_float64_drawing_within_one_colour_level(width, height, size, cells, scale):
+    """The 8-bit drawing (heat levels, a 256-entry table, PIL's blend) against the float64 one, at the photo's
+    size and on a smaller copy of it (--max-size): the geometry is the same, the outside as dimmed. One level
+    of 256 moves an inferno channel by at most 61 * 8 / 255 < 2 (its steepest eighth: 140 -> 201), halved by
+    the 1:1 blend, plus one for rounding: 2."""
+    original = photo(width, height, seed=3)
+    g = geometry_of(width, height, size)
+    grid = np.random.default_rng(4).random((cells, cells))
+    picture = original if scale == 1 else original.resize((round(width * scale), round(height * scale)))
+    got = np.asarray(overlay(picture, grid, g), dtype=np.float64)
+    want = reference_overlay(picture, grid, width, height, size)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 2
+
+
+def test_overlay_of_a_large_photo_makes_no_full_size_float_array():
+    """The float64 drawing held 8 bytes per channel and pixel several times over (7.7 GB peak for 48 MP): numpy
+    allocations while drawing a 3 MP photo now stay below one float32 per pixel (tracemalloc counts numpy's,
+    and Python's bytes): the 8-bit heat levels inside the crop, their copy handed to PIL, and two float32
+    strips of rows (about 2.9 bytes per pixel here). Measured in a fresh process: tracemalloc
+    counts every thread's allocations, and other tests leave threads behind."""
+    code = textwrap.dedent("""
+        import time, tracemalloc
+        import numpy as np
+        from PIL import Image
+        from mini_clip import preprocess
+        from mini_clip.heatmap import overlay
+        original = Image.fromarray(np.random.default_rng(5).integers(30, 226, (1500, 2000, 3), dtype=np.uint8))
+        _, g = preprocess(original, 224, return_geometry=True)
+        grid = np.random.default_rng(6).random((7, 7))
+        tracemalloc.start()
+        start = time.perf_counter()
+        overlay(original, grid, g)
+        print(tracemalloc.get_traced_memory()[1], time.perf_counter() - start)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    peak, seconds = out.stdout.split()
+    assert int(peak) < 4 * 2000 * 1500, peak
+    assert float(seconds) < 5  # about 0.05 s here; the float64 drawing took seconds
