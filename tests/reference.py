@@ -26,13 +26,14 @@ def load_module(name: str, path: Path) -> ModuleType:
     return module
 
 
-def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def perturb_(model: torch.nn.Module, seed: int = 0, norm: str = "ln") -> torch.nn.Module:
     """Make a freshly initialised model less trivial: LayerNorm weights away from 1 and biases away from 0,
-    in-projections scaled up so attention is far from uniform, and a learned-looking temperature."""
+    in-projections scaled up so attention is far from uniform, and a learned-looking temperature. `norm` is
+    what the LayerNorms' names contain ("ln" in OpenAI's names, "norm" in Hugging Face's)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "ln" in name:
+            if norm in name:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
