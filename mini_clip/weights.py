@@ -144,6 +144,16 @@ def _warn_openai_rules(path: Path, config: CLIPConfig) -> None:
                   f"head width 80) its outputs are wrong: {STATE_IT}", UserWarning, stacklevel=3)
 
 
+def _warn_preprocessing_assumed(path: Path, arch: str) -> None:
+    # An OpenCLIP architecture name does not say how its images were prepared: that belongs to each
+    # pretrained tag (ViT-L-14 laion2b_s32b_b82k normalises with mean/std 0.5, DFN5B squashes).
+    warnings.warn(f"{path}: arch={arch!r} states the architecture but not the images' preprocessing, so "
+                  "OpenAI's is used (its mean/std, short side resized and centre-cropped, bicubic); if this "
+                  "checkpoint was trained otherwise its inputs are wrong: pass the OpenCLIP hub folder (its "
+                  "open_clip_config.json has preprocess_cfg) or a named download (mini_clip.download)",
+                  UserWarning, stacklevel=3)
+
+
 def refuse_foreign(sd: Mapping[str, torch.Tensor], source: str) -> None:
     """One WeightsError naming the structures in `sd` that mini_clip does not implement (FOREIGN_KEYS, or
     an image tower without ln_pre, as CLIPA's), with a few of their keys; nothing if there are none."""
@@ -244,6 +254,8 @@ def read_checkpoint(path: PathLike, arch: Optional[str] = None) -> tuple[dict[st
                            f"{summary(_differences(config, named), 3)}): drop arch=, the file's is used")
     if config is None and named is not None:
         config = named
+        if preprocessing is None and "preprocess" not in metadata:
+            _warn_preprocessing_assumed(path, arch)
     if config is None:
         config = _openai_config(sd, str(path))
         if not openais:
