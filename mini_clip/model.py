@@ -210,6 +210,22 @@ class Linear(SkipInitOnMeta, nn.Linear):
     pass
 
 
+class Conv2d(SkipInitOnMeta, nn.Conv2d):
+    pass
+
+
+class Embedding(SkipInitOnMeta, nn.Embedding):
+    pass
+
+
+def randn_scaled(scale: float, *shape: int) -> torch.Tensor:
+    """scale * N(0, 1) of `shape`: OpenAI's init of the image tower's embeddings and projection. On the meta
+    device (loading, where every value is replaced) an empty tensor instead: the first arithmetic on meta
+    tensors imports torch's decompositions, about 1 s of a fresh process's first load."""
+    x = torch.empty(shape)
+    return x if x.is_meta else scale * torch.randn(shape)
+
+
 class LayerNorm(SkipInitOnMeta, nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back, so fp16/bf16 models stay stable (as OpenAI's)."""
 
@@ -305,14 +321,14 @@ class VisionTransformer(nn.Module):
                  mlp_width: int = 0, activation: str = "quick_gelu", eps: float = OPENAI_EPS):
         super().__init__()
         self.input_resolution = resolution
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.conv1 = Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         scale = width ** -0.5
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
+        self.class_embedding = nn.Parameter(randn_scaled(scale, width))
+        self.positional_embedding = nn.Parameter(randn_scaled(scale, (resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width, eps=eps)
         self.transformer = Transformer(width, layers, heads, mlp_width, activation, eps)
         self.ln_post = LayerNorm(width, eps=eps)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.proj = nn.Parameter(randn_scaled(scale, width, output_dim))
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W) -> tokens (B, 1 + grid*grid, C): class token first, then patches row by row."""
@@ -349,7 +365,7 @@ class CLIP(nn.Module):
                                         c.layer_norm_eps)
         self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads,
                                        c.transformer_mlp_width, c.activation, c.layer_norm_eps)
-        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
+        self.token_embedding = Embedding(c.vocab_size, c.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
         self.ln_final = LayerNorm(c.transformer_width, eps=c.layer_norm_eps)
         self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))

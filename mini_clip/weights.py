@@ -296,7 +296,7 @@ def check_config(sd: Mapping[str, torch.Tensor], config: CLIPConfig, source: str
 def _shapes(config: CLIPConfig) -> dict[str, tuple]:
     """Every key of a model with this config and its shape (built on the meta device: no memory, no init)."""
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in CLIP(config).state_dict().items()}
+        return {k: tuple(v.shape) for k, v in CLIP(config, initialize=False).state_dict().items()}
 
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], config: CLIPConfig, source: str) -> None:

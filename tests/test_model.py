@@ -5,6 +5,8 @@ arithmetic; mini_clip only ever provides the value under test.
 """
 import ast
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,10 +158,12 @@ def test_presets_equal_config_of_openai_shapes(openai_model, name):
 
 
 def test_layers_initialise_as_torchs_own():
-    """Linear and LayerNorm skip their init on the meta device only: elsewhere, same values, same random draws."""
-    from mini_clip.model import LayerNorm, Linear
-    for ours, torchs in ((Linear, torch.nn.Linear), (LayerNorm, torch.nn.LayerNorm)):
-        args = (7, 5) if ours is Linear else (7,)
+    """Linear, LayerNorm, Conv2d and Embedding skip their init on the meta device only: elsewhere, same values,
+    same random draws."""
+    from mini_clip.model import Conv2d, Embedding, LayerNorm, Linear
+    layers = {Linear: (torch.nn.Linear, (7, 5)), LayerNorm: (torch.nn.LayerNorm, (7,)),
+              Conv2d: (torch.nn.Conv2d, (3, 4, 2)), Embedding: (torch.nn.Embedding, (9, 4))}
+    for ours, (torchs, args) in layers.items():
         torch.manual_seed(3)
         a = ours(*args)
         after_ours = torch.rand(1)
@@ -169,6 +173,18 @@ def test_layers_initialise_as_torchs_own():
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
         with torch.device("meta"):
             assert ours(*args).weight.is_meta
+
+
+def test_a_fresh_process_loads_without_arithmetic_on_meta(tiny_weights):
+    """The first load in a process took 1.2 s: OpenAI's random init, run on the meta device, went through
+    torch's Python decompositions, which import torch._dynamo and more on first use. Loading now makes empty
+    tensors there, and imports nothing of torch's that `import mini_clip` had not."""
+    code = ("import sys, mini_clip; before = set(sys.modules); mini_clip.load(sys.argv[1]); "
+            "print(sorted(m for m in set(sys.modules) - before if m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_weights)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch._dynamo" not in out.stdout and len(out.stdout) < 200, out.stdout[:300]
 
 
 def test_config_rejects_bad_shapes():
