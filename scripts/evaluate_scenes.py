@@ -126,7 +126,9 @@ def main() -> int:
           f"{labels[1]!r}; random maps seed {args.map_seed}; {time.time() - start:.0f} s on "
           f"{torch.get_num_threads()} thread(s)\n")
     print(format_table(rows, counts) + "\n")
-    for name, ok in targets(rows, *labels):
+    if TRAINING_WORLD not in rows:  # the targets are read on the training world (and the variant beside it)
+        print(f"- targets: not judged; they are read on the {TRAINING_WORLD!r} world (run without --world)")
+    for name, ok in targets(rows, *labels) if TRAINING_WORLD in rows else []:
         print(f"- target {name}: {'met' if ok else 'MISSED'}")
     return 0
 
