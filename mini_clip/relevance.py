@@ -86,12 +86,6 @@ class Relevance:
     signed: bool = False
 
 
-def recommended(model: CLIP) -> dict:
-    """The explanation settings the model's weights recommend ({} when they state none, as OpenAI's):
-    {"method": ..., "start_layer": ..., "start_layer_text": ...}, set by `mini_clip.load` from the file."""
-    return model.recommended
-
-
 def check_recommended(settings: object, model: CLIP) -> dict:
     """Validate recommended settings read from an (untrusted) weights file; returns them as a dict.
 
@@ -123,7 +117,7 @@ def settings(model: CLIP, method: Optional[str] = None, start_layer: Optional[in
     Raises:
         ValueError: an unknown method, or a start layer outside its tower, with the valid range.
     """
-    advice = recommended(model)
+    advice = model.recommended  # what the weights file recommends; {} for OpenAI's
     method = method or advice.get("method", "chefer")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -349,7 +343,8 @@ def relevance(model: CLIP, image: Images, texts: Texts,
             texts' work before the graph is not done again (many batches of images, one set of texts).
         start_layer, start_layer_text: first block explained in each tower: -1 the last block only
             (the original's default), k blocks k..last, 0 all blocks; None: the weights' recommendation
-            (`recommended(model)`) when it is for this method, else the method's default (DEFAULT_START).
+            (`model.recommended`, set by mini_clip.load) when it is for this method, else the method's
+            default (DEFAULT_START).
         method: "chefer", "attention", "rollout", "gradcam" or "legrad" (image maps only); None: the weights'
             recommended method, else "chefer".
         signed: Chefer only: keep negative evidence (see `_cams_chefer`); off gives the original's numbers.

@@ -29,7 +29,7 @@ from . import hf, zoo
 from .archive import MAX_INFLATION, UnsafeArchiveError, check_pickles, check_zip, read_entry
 from .image import Preprocessing, preprocess
 from .model import CLIP, PRESETS, STATE_IT, CLIPConfig, summary
-from .relevance import check_recommended, recommended
+from .relevance import check_recommended
 from .tokenizer import VOCAB_SIZE
 from .torchscript import is_torchscript, read_torchscript
 
@@ -393,8 +393,8 @@ def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = No
     """
     meta = {"format": "mini_clip", "config": json.dumps(dataclasses.asdict(model.config)),
             "preprocess": model.preprocessing.to_json()}
-    if recommended(model):
-        meta["explain"] = json.dumps(recommended(model))
+    if model.recommended:
+        meta["explain"] = json.dumps(model.recommended)
     meta.update(metadata or {})
     data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
     atomic_write(path, lambda f: f.write(data))
