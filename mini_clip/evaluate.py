@@ -45,7 +45,7 @@ from .image import normalize, preprocess
 from .model import CLIP
 from .relevance import relevance
 from .scenes import DEFAULT_WORLD, PAIRS, Scene, World, caption, hard_negatives, make_scene
-from .tokenizer import tokenize
+from .tokenizer import default_tokenizer, tokenize
 
 EVAL_SEED = 10_000_000  # first scene seed; training draws from one default_rng(0) stream
 MIN_OBJECTS, MAX_OBJECTS = 2, 4  # per evaluation scene: with one object, nothing competes for the map
@@ -308,7 +308,6 @@ class TextResult:
 
 def word_scores(scores: torch.Tensor, words: Sequence[str]) -> np.ndarray:
     """Token scores (tokens,) -> one score per word (the sum over its BPE pieces, e.g. 'hex' 'agon')."""
-    from .tokenizer import default_tokenizer  # the tokenizer that made the tokens scored
     sizes = [len(default_tokenizer().encode(w)) for w in words]
     if sum(sizes) != len(scores):
         raise ValueError(f"{len(scores)} token scores for words {list(words)} of {sum(sizes)} tokens")
