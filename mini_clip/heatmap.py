@@ -185,6 +185,7 @@ LINE = 14  # pixels per text line of PIL's default font, with spacing
 BACKGROUND = (24, 24, 24)
 INK = (235, 235, 235)
 AGAINST = (90, 160, 255)  # words that speak against the text (signed scores): a cool blue, not on inferno
+WORD_SCALE = "relevance / the text's largest |relevance|"  # what `word_scale` gives, as the sheet and CLI say
 
 
 def word_scale(scores) -> np.ndarray:
@@ -261,7 +262,7 @@ def contact_sheet(original: Image.Image, overlays: list[Image.Image], titles: li
     footer = [f"+ {len(overlays) - len(drawn)} more texts, not drawn here: see their overlay files"] \
         if len(overlays) > len(drawn) else []
     against = any(value is not None and value < 0 for rows in word_rows for _, value in rows)
-    footer.append("words: relevance / the text's largest |relevance| (1.00: the word that mattered most)"
+    footer.append(f"words: {WORD_SCALE} (1.00: the word that mattered most)"
                   + ("; blue: against the text" if against else ""))
     width = GAP + columns * (PANEL + GAP)
     sheet = Image.new("RGB", (width, GAP + rows * row_height + LINE * len(footer)), BACKGROUND)
