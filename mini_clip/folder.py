@@ -10,7 +10,6 @@ bounded by the batch size, not by the folder.
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections import deque
@@ -22,21 +21,33 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from .heatmap import contact_sheet, overlays, shrink
+from .heatmap import shrink
 from .image import CropGeometry, ImageError, Preprocessing, load_image, preprocess
 from .model import CLIP
-from .outputs import (DONE, FORMATS, SHEET, OutputError, finished, folder_names, image_folder, overlay_name,
-                      printable, remove_stale, stamp, weights_stamp, write)
+from .outputs import (
+    FORMAT,
+    FORMATS,
+    OutputError,
+    RunSettings,
+    finished,
+    folder_names,
+    image_folder,
+    output_paths,
+    stamp,
+    weights_stamp,
+    write_outputs,
+)
 from .relevance import PreparedTexts, Relevance, prepare_texts, relevance, settings
 
 # Images explained together. Measured (scripts/bench.py pipeline, ViT-B/32 shapes, 8 texts, 2 CPU cores):
 # 4 gives most of the throughput of 16 at a quarter of its memory (the gradients of B x N pairs).
 BATCH_SIZE = 4
 # Long side of the overlays, in pixels (0: the photo's own size). The maps have at most 24 x 24 cells
-# (ViT-L/14@336): at 1024 a cell still spans 40 pixels or more, so no detail of an explanation is lost, and the
-# photo stays recognisable on any screen. Measured (scripts/bench.py scale): a 12 MP photo drawn at full size
-# costs several times the model's own work per image; at 1024 x 768 (1/16 of the pixels) 8 overlays and their
-# JPEG files take about 0.1 s, a tenth of ViT-B/32's explanation of the image. Use --max-size 0 for prints.
+# (ViT-L/14@336): at 1024 a cell still spans 40 pixels or more, so no detail of an explanation is lost, and
+# the photo stays recognisable on any screen. Measured (scripts/bench.py scale): a 12 MP photo drawn at full
+# size costs several times the model's own work per image; at 1024 x 768 (1/16 of the pixels) 8 overlays
+# and their JPEG files take about 0.1 s, a tenth of ViT-B/32's explanation of the image. Use --max-size 0
+# for prints.
 MAX_SIZE = 1024
 WORKERS = 2  # decoding and drawing threads: enough to hide both behind the model on a few cores
 
@@ -68,7 +79,7 @@ class _Loaded:
     path: Path
     folder: Path
     stamp: dict
-    x: torch.Tensor  # (3, R, R), the model's input: OpenAI's preprocessing of the full-size photo
+    x: torch.Tensor  # (3, R, R), the model's input: the weights' preprocessing of the full-size photo
     geometry: CropGeometry
     picture: Image.Image  # the drawing copy, at most max_size on its long side
 
@@ -79,21 +90,36 @@ class _Job:
     out: Path
     texts: tuple[str, ...]
     weights: dict
-    settings: dict
+    settings: RunSettings
     resolution: int
     preprocessing: Preprocessing  # the weights' own: the model's input and the maps' geometry
     resume: bool
-    max_size: int
-    format: str
+
+
+def check_sizes(batch_size: int, workers: int, max_size: int,
+                names: tuple[str, str, str] = ("batch_size", "workers", "max_size")) -> None:
+    """The size options of `explain_folder`, checked before any work.
+
+    Args:
+        names: how the caller spells the three in error messages (the CLI: its flags).
+    Raises:
+        ValueError: one that is not an int, or is below its least value (batch_size 1, the others 0).
+    """
+    for name, value, least in zip(names, (batch_size, workers, max_size), (1, 0, 0)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value!r}")
 
 
 def explain_folder(model: CLIP, images: Sequence[Union[str, os.PathLike]], texts: Sequence[str],
                    out: Union[str, os.PathLike], *, method: Optional[str] = None,
                    start_layer: Optional[int] = None, start_layer_text: Optional[int] = None,
                    signed: bool = False, truncate: bool = False, batch_size: int = BATCH_SIZE,
-                   workers: int = WORKERS, max_size: int = MAX_SIZE, format: str = "jpeg",
+                   workers: int = WORKERS, max_size: int = MAX_SIZE, format: str = FORMAT,
                    resume: bool = False, weights: Optional[str] = None,
-                   shard: tuple[int, int] = (0, 1)) -> Iterator[ImageResult]:
+                   shard: tuple[int, int] = (0, 1),
+                   prepared: Optional[PreparedTexts] = None) -> Iterator[ImageResult]:
     """Explain every image against every text, writing per image OUT/NAME/ (overlays, sheet.png,
     result.json) as `python -m mini_clip.explain` does; yield the results in input order.
 
@@ -109,32 +135,39 @@ def explain_folder(model: CLIP, images: Sequence[Union[str, os.PathLike]], texts
             recorded in each image's stamp for `resume`.
         shard: (k, n): explain only the images at positions k, k + n, ... (one of n processes); the
             folder names still come from the whole list, so every process names every image alike.
+        prepared: `texts` as prepare_texts(model, texts, method, start_layer_text, truncate) made them
+            (the CLI prepares them first, so that a text error comes before any image is read); None:
+            prepared here.
     Yields:
         One ImageResult per image of the shard, in input order. An image that cannot be read or written
         gives a result with its `error`; the others go on.
     Raises:
-        ValueError: bad settings, texts, batch_size, workers, max_size, format or shard (before any work).
+        ValueError: bad settings, texts, batch_size, workers, max_size, format, shard or prepared texts
+            (before any work).
     """
     method, s_img, s_txt = settings(model, method, start_layer, start_layer_text)
     if signed and method != "chefer":
         raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a non-empty list of strings")
-    for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0), ("max_size", max_size, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    check_sizes(batch_size, workers, max_size)
     if format not in FORMATS:
         raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
     if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
         raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
-    prepared = prepare_texts(model, list(texts), method, s_txt, truncate)  # once for the whole run
-    options = {"method": method, "start_layer": s_img, "start_layer_text": s_txt, "signed": signed,
-               "truncate": truncate, "max_size": max_size, "format": format}
-    job = _Job(Path(out), tuple(texts), weights_stamp(weights), options, model.config.image_resolution,
-               model.preprocessing, resume, max_size, format)
+    if prepared is None:
+        prepared = prepare_texts(model, list(texts), method, s_txt, truncate)  # once for the whole run
+    elif (prepared.method, prepared.start_layer_text, len(prepared.labels)) != (method, s_txt, len(texts)):
+        raise ValueError(f"prepared texts are {len(prepared.labels)} for {prepared.method}, text block "
+                         f"{prepared.start_layer_text}; this run has {len(texts)} for {method}, text block "
+                         f"{s_txt}: prepare these texts with these settings")
+    run = RunSettings(method, s_img, s_txt, signed, truncate, max_size, format)
+    job = _Job(Path(out), tuple(texts), weights_stamp(weights), run, model.config.image_resolution,
+               model.preprocessing, resume)
     job.out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in images]
-    mine = [(path, name) for k, (path, name) in enumerate(zip(paths, folder_names(paths))) if k % shard[1] == shard[0]]
+    names = folder_names(paths)  # from the whole list: every shard names every image alike
+    mine = [(path, name) for k, (path, name) in enumerate(zip(paths, names)) if k % shard[1] == shard[0]]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="mini_clip") if workers else None
     try:
         yield from _pipeline(model, prepared, job, mine, batch_size, pool)
@@ -185,8 +218,9 @@ def _pipeline(model: CLIP, texts: PreparedTexts, job: _Job, images: list[tuple[P
             slots.append([None])
             batch.append((slots[-1], item))
         if len(batch) == batch_size or (batch and not loading):
-            rel = relevance(model, torch.stack([loaded.x for _, loaded in batch]), texts, job.settings["start_layer"],
-                            job.settings["start_layer_text"], job.settings["method"], job.settings["signed"])
+            x = torch.stack([loaded.x for _, loaded in batch])
+            run = job.settings
+            rel = relevance(model, x, texts, run.start_layer, run.start_layer_text, run.method, run.signed)
             for i, (slot, loaded) in enumerate(batch):
                 slot[0] = _submit(pool, _draw, loaded, _one(rel, i), job)
             batch = []
@@ -205,10 +239,6 @@ def _one(rel: Relevance, i: int) -> Relevance:
                    image_matrix=pick(rel.image_matrix), text_matrix=pick(rel.text_matrix))
 
 
-def _outputs(folder: Path, job: _Job) -> list[Path]:
-    return [folder / SHEET, *(folder / overlay_name(j, t, job.format) for j, t in enumerate(job.texts))]
-
-
 def _load(path: Path, name: str, job: _Job) -> Union[_Loaded, ImageResult]:
     """Decode and preprocess one image, or its finished record (resume). Raises ImageError, OutputError."""
     try:
@@ -220,50 +250,20 @@ def _load(path: Path, name: str, job: _Job) -> Union[_Loaded, ImageResult]:
     folder = image_folder(job.out, name)
     expected = stamp(path, list(job.texts), job.weights, job.settings) if mode is not None else None
     if job.resume and expected is not None:
-        record = finished(folder, expected, _outputs(folder, job))
+        record = finished(folder, expected, output_paths(folder, job.texts, job.settings.format))
         if record is not None:
             return ImageResult(path, record)
     original = load_image(path)
     x, geometry = preprocess(original, job.resolution, return_geometry=True,  # from the full-size photo
                              preprocessing=job.preprocessing)
-    return _Loaded(path, folder, expected, x, geometry, shrink(original, job.max_size))
+    return _Loaded(path, folder, expected, x, geometry, shrink(original, job.settings.max_size))
 
 
 def _draw(loaded: _Loaded, rel: Relevance, job: _Job) -> ImageResult:
     """Write one image's overlays, sheet and record (last: it marks the image finished)."""
     try:
-        return ImageResult(loaded.path, _write(loaded, rel, job), rel)
+        record = write_outputs(loaded.folder, loaded.path, loaded.picture, loaded.geometry, rel, job.texts,
+                               job.settings.format, loaded.stamp)
+        return ImageResult(loaded.path, record, rel)
     except OutputError as e:
         return ImageResult(loaded.path, error=str(e))
-
-
-def _write(loaded: _Loaded, rel: Relevance, job: _Job) -> dict:
-    folder, geometry = loaded.folder, loaded.geometry
-    try:
-        folder.mkdir(exist_ok=True)
-        (folder / DONE).unlink(missing_ok=True)  # unfinished from here on, until the new record is written
-    except OSError as e:
-        raise OutputError(f"{folder}: cannot use it for this image's outputs ({e.strerror or e})") from None
-    _, kind, options = FORMATS[job.format]
-    records, drawn, titles, words = [], [], [], []
-    outputs = _outputs(folder, job)
-    grids = [rel.image[0, j].numpy() for j in range(len(job.texts))]
-    for j, (text, grid, picture) in enumerate(zip(job.texts, grids, overlays(loaded.picture, grids, geometry))):
-        write(outputs[j + 1], lambda f: picture.save(f, format=kind, **options))
-        pairs = [] if rel.text is None else [(label, float(s)) for label, s in zip(rel.labels[j], rel.text[j][0])]
-        drawn.append(picture)
-        logit, prob = float(rel.logits[0, j]), float(rel.probs[0, j])
-        score = f"  logit={logit:.2f}" if len(job.texts) == 1 else f"  p={prob:.2f}"  # one text: p is always 1
-        titles.append((printable(text), score))
-        words.append([(printable(label), s) for label, s in pairs])
-        records.append({"text": text, "logit": logit, "prob": prob,
-                        "grid": grid.tolist(), "tokens": [{"token": t, "relevance": s} for t, s in pairs],
-                        "overlay": str(outputs[j + 1])})
-    sheet = contact_sheet(loaded.picture, drawn, titles, words)
-    write(outputs[0], lambda f: sheet.save(f, format="PNG"))
-    remove_stale(folder, set(outputs[1:]))
-    record = {"image": str(loaded.path), "width": geometry.width, "height": geometry.height,
-              "crop_box": list(geometry.crop_box()), "texts": records, "sheet": str(outputs[0]),
-              "stamp": loaded.stamp}
-    write(folder / DONE, lambda f: f.write(json.dumps(record).encode()))
-    return record

@@ -70,7 +70,8 @@ def _sampling(n_pixels: int, resized: int, offset: int, size: int, cells: int, s
     return weights * inside[:, None], inside
 
 
-def grid_to_image(grid: np.ndarray, geometry: CropGeometry, smooth: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def grid_to_image(grid: np.ndarray, geometry: CropGeometry, smooth: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Map a (rows, cols) grid over the model's crop onto the original image.
 
     Args:
@@ -81,8 +82,10 @@ def grid_to_image(grid: np.ndarray, geometry: CropGeometry, smooth: bool = True)
         (values (height, width), zero outside the crop; inside (height, width) bool: pixels the model saw).
     """
     grid = np.asarray(grid, dtype=np.float64)
-    wy, in_y = _sampling(geometry.height, geometry.resized_height, geometry.top, geometry.size, grid.shape[0], smooth)
-    wx, in_x = _sampling(geometry.width, geometry.resized_width, geometry.left, geometry.size, grid.shape[1], smooth)
+    wy, in_y = _sampling(geometry.height, geometry.resized_height, geometry.top, geometry.size, grid.shape[0],
+                         smooth)
+    wx, in_x = _sampling(geometry.width, geometry.resized_width, geometry.left, geometry.size, grid.shape[1],
+                         smooth)
     return wy @ grid @ wx.T, in_y[:, None] & in_x[None, :]
 
 
@@ -109,7 +112,8 @@ def heat_levels(grid: np.ndarray, geometry: CropGeometry, width: int, height: in
     `_sampling` weights, summed in float32 a strip of rows at a time: no full-size float array).
 
     Returns:
-        (levels (y1 - y0, x1 - x0) uint8, round(255 * heat); box (x0, y0, x1, y1), the pixels inside the crop).
+        (levels (y1 - y0, x1 - x0) uint8, round(255 * heat); box (x0, y0, x1, y1), the pixels inside the
+        crop).
     """
     grid = normalise(grid)
     low, frac, in_y = _axis(height, geometry.resized_height, geometry.top, geometry.size, grid.shape[0])
@@ -120,7 +124,8 @@ def heat_levels(grid: np.ndarray, geometry: CropGeometry, width: int, height: in
     y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
     # The horizontal pass once, on the grid's rows, in levels; padded with a copy of the last row so the
     # upper tap of a one-row grid exists (its weight is 0). Then the vertical pass, two taps per output row,
-    # a strip at a time, in numpy on this thread (no BLAS or torch thread pool: drawing runs beside the model).
+    # a strip at a time, in numpy on this thread (no BLAS or torch thread pool: drawing runs beside the
+    # model).
     columns = (grid @ wx[x0:x1].T * 255).astype(np.float32)  # (cells, x1 - x0)
     columns = np.concatenate([columns, columns[-1:]])
     low, frac = low[y0:y1], frac[y0:y1, None].astype(np.float32)
@@ -136,7 +141,8 @@ def heat_levels(grid: np.ndarray, geometry: CropGeometry, width: int, height: in
     return levels, (x0, y0, x1, y1)
 
 
-def overlay(original: Image.Image, grid: np.ndarray, geometry: CropGeometry, alpha: float = ALPHA) -> Image.Image:
+def overlay(original: Image.Image, grid: np.ndarray, geometry: CropGeometry, alpha: float = ALPHA
+            ) -> Image.Image:
     """The photo with the min-max normalised map blended over what the model saw and the rest dimmed.
 
     Args:
@@ -151,10 +157,12 @@ def overlay(original: Image.Image, grid: np.ndarray, geometry: CropGeometry, alp
     return next(overlays(original, [grid], geometry, alpha))
 
 
-def overlays(original: Image.Image, grids, geometry: CropGeometry, alpha: float = ALPHA) -> Iterator[Image.Image]:
+def overlays(original: Image.Image, grids, geometry: CropGeometry, alpha: float = ALPHA
+             ) -> Iterator[Image.Image]:
     """`overlay` for each grid in turn, the work they share (the dimmed photo, the crop) done once."""
     photo = original if original.mode == "RGB" else original.convert("RGB")
-    dimmed, seen = photo.point(DIMMED), None
+    dimmed = photo.point(DIMMED)
+    seen = None  # the photo inside the crop, cut at the first grid that has one
     for grid in grids:
         levels, box = heat_levels(grid, geometry, photo.width, photo.height)
         out = dimmed.copy()
@@ -177,12 +185,13 @@ LINE = 14  # pixels per text line of PIL's default font, with spacing
 BACKGROUND = (24, 24, 24)
 INK = (235, 235, 235)
 AGAINST = (90, 160, 255)  # words that speak against the text (signed scores): a cool blue, not on inferno
+WORD_SCALE = "relevance / the text's largest |relevance|"  # what `word_scale` gives, as the sheet and CLI say
 
 
 def word_scale(scores) -> np.ndarray:
-    """Word relevance divided by the text's largest |relevance|: values in [-1, 1], 1 (or -1) for the word that
-    mattered most, the sign kept (negative: evidence against the text, with signed=True). All zero stays zero.
-    The one scale for words, in the terminal and on the sheet."""
+    """Word relevance divided by the text's largest |relevance|: values in [-1, 1], 1 (or -1) for the word
+    that mattered most, the sign kept (negative: evidence against the text, with signed=True). All zero stays
+    zero. The one scale for words, in the terminal and on the sheet."""
     scores = np.asarray(scores, dtype=np.float64)
     top = np.abs(scores).max() if scores.size else 0.0
     return scores / top if top > 0 else np.zeros_like(scores)
@@ -208,7 +217,8 @@ def clip_text(text: str, font, width: float, keep: str = "") -> str:
     a score) always stays whole at the end."""
     if font.getlength(text + keep) <= width:
         return text + keep
-    low, high = 0, len(text)  # the longest fitting prefix, by bisection: a text may be thousands of characters
+    # The longest fitting prefix, by bisection: a text may be thousands of characters.
+    low, high = 0, len(text)
     while low < high:
         mid = (low + high + 1) // 2
         low, high = (mid, high) if font.getlength(text[:mid] + "…" + keep) <= width else (low, mid - 1)
@@ -252,7 +262,7 @@ def contact_sheet(original: Image.Image, overlays: list[Image.Image], titles: li
     footer = [f"+ {len(overlays) - len(drawn)} more texts, not drawn here: see their overlay files"] \
         if len(overlays) > len(drawn) else []
     against = any(value is not None and value < 0 for rows in word_rows for _, value in rows)
-    footer.append("words: relevance / the text's largest |relevance| (1.00: the word that mattered most)"
+    footer.append(f"words: {WORD_SCALE} (1.00: the word that mattered most)"
                   + ("; blue: against the text" if against else ""))
     width = GAP + columns * (PANEL + GAP)
     sheet = Image.new("RGB", (width, GAP + rows * row_height + LINE * len(footer)), BACKGROUND)

@@ -6,12 +6,12 @@ geometry of the resize and crop is kept so a relevance grid can be mapped back o
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
 import os
 import warnings
-import dataclasses
 from dataclasses import dataclass
 from typing import Union
 
@@ -53,7 +53,8 @@ class Preprocessing:
             value = getattr(self, name)
             if (not isinstance(value, (tuple, list)) or len(value) != 3
                     or not all(type(v) in (int, float) and math.isfinite(v) for v in value)):
-                raise ValueError(f"preprocessing {name} is {value!r:.60}; expected three numbers, one per channel")
+                raise ValueError(f"preprocessing {name} is {value!r:.60}; expected three numbers, one per "
+                                 "channel")
             object.__setattr__(self, name, tuple(float(v) for v in value))
         if min(self.std) <= 0:
             raise ValueError(f"preprocessing std is {self.std}; each channel's must be positive")
@@ -61,8 +62,8 @@ class Preprocessing:
             raise ValueError(f"preprocessing resize is {self.resize!r:.40}; mini_clip implements "
                              f"{' and '.join(RESIZES)}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"preprocessing interpolation is {self.interpolation!r:.40}; mini_clip implements "
-                             f"{', '.join(INTERPOLATIONS)}")
+            raise ValueError(f"preprocessing interpolation is {self.interpolation!r:.40}; mini_clip "
+                             f"implements {', '.join(INTERPOLATIONS)}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -74,7 +75,8 @@ class Preprocessing:
             return cls()
         fields = json.loads(text)
         if not isinstance(fields, dict) or set(fields) - {f.name for f in dataclasses.fields(cls)}:
-            raise ValueError(f"preprocessing {text[:80]!r} is not an object of {', '.join(cls.__annotations__)}")
+            raise ValueError(f"preprocessing {text[:80]!r} is not an object of "
+                             f"{', '.join(cls.__annotations__)}")
         return cls(**fields)
 
 
@@ -112,7 +114,9 @@ def crop_geometry(width: int, height: int, size: int, resize: str = "shortest") 
         rw, rh = size, int(size * height / width)
     else:
         rw, rh = int(size * width / height), size
-    return CropGeometry(width, height, rw, rh, int(round((rw - size) / 2.0)), int(round((rh - size) / 2.0)), size)
+    left = int(round((rw - size) / 2.0))
+    top = int(round((rh - size) / 2.0))
+    return CropGeometry(width, height, rw, rh, left, top, size)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

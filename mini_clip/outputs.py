@@ -1,9 +1,11 @@
-"""Where python -m mini_clip.explain writes, and when an earlier run's outputs can be reused (--resume).
+"""What python -m mini_clip.explain writes for an image, where, and when an earlier run's outputs can be
+reused (--resume).
 
-Every name derived from an input stays one plain entry of --out, distinct from every other input's and
-from the tool's own files, and is the same on every run with the same inputs. An image's outputs are
-reused only if its record says they were made from the same image file, weights, texts and settings, and
-all of them are still there. Only files in the tool's own naming pattern are ever removed.
+An image's folder holds one overlay per text, a contact sheet and its record (result.json, written last: it
+marks the image finished). Every name derived from an input stays one plain entry of --out, distinct from
+every other input's and from the tool's own files, and is the same on every run with the same inputs. An
+image's outputs are reused only if its record says they were made from the same image file, weights, texts
+and settings, and all of them are still there. Only files in the tool's own naming pattern are ever removed.
 """
 from __future__ import annotations
 
@@ -13,9 +15,15 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
+from PIL import Image
+
+from .heatmap import contact_sheet, overlays
+from .image import CropGeometry
+from .relevance import Relevance
 from .weights import DEFAULT_WEIGHTS, atomic_write
 
 DONE = "result.json"  # per-image record, written after its pictures
@@ -30,6 +38,7 @@ OWN_FILES = re.compile(r"\d{2,}-[a-z0-9-]+\.(png|jpg|webp)|\..+\.\d+\.tmp")
 # WebP at quality 85: smaller than JPEG, slower to encode.
 FORMATS = {"jpeg": (".jpg", "JPEG", {"quality": 90}), "png": (".png", "PNG", {"compress_level": 1}),
            "webp": (".webp", "WEBP", {"quality": 85})}
+FORMAT = "jpeg"  # the default
 RESERVED = {RESULTS.casefold()}  # names in --out that the tool writes itself: no image folder may take one
 WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"{d}{k}" for d in ("com", "lpt") for k in range(1, 10))}
 NAME_BYTES = 120  # an image folder's name before its hash, in UTF-8 bytes: the whole fits the usual 255
@@ -77,7 +86,7 @@ def image_folder(out: Path, name: str) -> Path:
     return folder
 
 
-def overlay_name(j: int, text: str, format: str = "jpeg") -> str:
+def overlay_name(j: int, text: str, format: str = FORMAT) -> str:
     """The overlay file of text j (from 0) in one of FORMATS, in OWN_FILES' pattern."""
     return f"{j + 1:02d}-{slug(text)}{FORMATS[format][0]}"
 
@@ -104,19 +113,33 @@ def weights_stamp(weights: Optional[str]) -> dict:
     return {"name": weights}
 
 
-def stamp(path: Path, texts: list[str], weights: dict, settings: dict) -> dict:
+@dataclass(frozen=True)
+class RunSettings:
+    """The method and the options an image's outputs depend on besides the image, weights and texts: each
+    image's stamp records them for --resume, and results.json records the run's, in this order."""
+    method: str
+    start_layer: int  # resolved: an index from 0, as `relevance.settings` gives it
+    start_layer_text: int
+    signed: bool
+    truncate: bool
+    max_size: int
+    format: str
+
+
+def stamp(path: Path, texts: list[str], weights: dict, settings: RunSettings) -> dict:
     """Everything an image's outputs depend on; --resume reuses them only if all of it is unchanged.
 
     Args:
         path: the image file; texts: the texts explained; weights: `weights_stamp`'s answer;
-        settings: the method and its options (JSON types), e.g. {"method": "chefer", "signed": False, ...}.
+        settings: the method and its options.
     """
-    return {"image": file_stamp(path), "weights": weights, "texts": texts, **settings}
+    return {"image": file_stamp(path), "weights": weights, "texts": texts, **asdict(settings)}
 
 
 def finished(folder: Path, expected: dict, outputs: list[Path]) -> Optional[dict]:
     """The folder's record if it is complete for exactly this stamp and its outputs are all there; None for
-    anything else (no record; another image, settings or weights; a missing file; a foreign or broken record)."""
+    anything else (no record; another image, settings or weights; a missing file; a foreign or broken
+    record)."""
     done = folder / DONE
     try:
         if not done.is_file():
@@ -128,6 +151,58 @@ def finished(folder: Path, expected: dict, outputs: list[Path]) -> Optional[dict
     if record.get("stamp") != expected or listed != [str(p) for p in outputs]:
         return None
     return record if all(p.is_file() for p in outputs) else None
+
+
+def output_paths(folder: Path, texts: Sequence[str], format: str) -> list[Path]:
+    """The files of an image's folder besides its record: the sheet, then one overlay per text."""
+    names = (overlay_name(j, text, format) for j, text in enumerate(texts))
+    return [folder / SHEET, *(folder / name for name in names)]
+
+
+def write_outputs(folder: Path, image: Path, picture: Image.Image, geometry: CropGeometry, rel: Relevance,
+                  texts: Sequence[str], format: str, stamp: Optional[dict]) -> dict:
+    """Write one image's overlays, sheet and record (last: it marks the image finished); the record.
+
+    Args:
+        folder: the image's folder (`image_folder`); image: the image file, as given.
+        picture: the drawing copy of the photo; geometry: the photo's CropGeometry.
+        rel: the image's Relevance (one image, every text); texts: the texts, as given.
+        format: the overlays' (one of FORMATS); stamp: what the outputs were made from (`stamp`).
+    Raises:
+        OutputError: an output could not be written.
+    """
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / DONE).unlink(missing_ok=True)  # unfinished from here on, until the new record is written
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot use it for this image's outputs ({e.strerror or e})") from None
+    _, kind, options = FORMATS[format]
+    entries = []  # per text: its entry of the record
+    drawn = []  # per text: its overlay, for the sheet
+    titles = []
+    words = []
+    outputs = output_paths(folder, texts, format)
+    grids = [rel.image[0, j].numpy() for j in range(len(texts))]
+    for j, (text, grid, overlay) in enumerate(zip(texts, grids, overlays(picture, grids, geometry))):
+        write(outputs[j + 1], lambda f: overlay.save(f, format=kind, **options))
+        scores = [] if rel.text is None else rel.text[j][0]  # None: the method explains the image only
+        pairs = [(label, float(s)) for label, s in zip(rel.labels[j], scores)]
+        drawn.append(overlay)
+        logit, prob = float(rel.logits[0, j]), float(rel.probs[0, j])
+        one_text = len(texts) == 1  # its probability is always 1: its logit says more
+        titles.append((printable(text), f"  logit={logit:.2f}" if one_text else f"  p={prob:.2f}"))
+        words.append([(printable(label), s) for label, s in pairs])
+        entries.append({"text": text, "logit": logit, "prob": prob,
+                        "grid": grid.tolist(), "tokens": [{"token": t, "relevance": s} for t, s in pairs],
+                        "overlay": str(outputs[j + 1])})
+    sheet = contact_sheet(picture, drawn, titles, words)
+    write(outputs[0], lambda f: sheet.save(f, format="PNG"))
+    remove_stale(folder, set(outputs[1:]))
+    record = {"image": str(image), "width": geometry.width, "height": geometry.height,
+              "crop_box": list(geometry.crop_box()), "texts": entries, "sheet": str(outputs[0]),
+              "stamp": stamp}
+    write(folder / DONE, lambda f: f.write(json.dumps(record).encode()))
+    return record
 
 
 def write(path: Path, save: Callable) -> None:

@@ -50,6 +50,25 @@ WHITESPACE = regex.compile(r"\s+")  # the `regex` package's \s, as in OpenAI's w
 Ids = Union[Iterable[int], torch.Tensor]
 
 
+class TextTooLong(ValueError):
+    """A text has more tokens than the context holds, and truncation was not asked for: the text's position
+    in the list given (`index`, from 0), its `tokens` (start and end included) and the model's `context`."""
+
+    def __init__(self, index: int, tokens: int, context: int):
+        self.index = index
+        self.tokens = tokens
+        self.context = context
+        super().__init__(self.message(f"text {index}"))
+
+    def __reduce__(self):  # pickled (multiprocessing) as its fields: __init__ does not take the message
+        return TextTooLong, (self.index, self.tokens, self.context)
+
+    def message(self, name: str) -> str:
+        """The error, the text named as the caller names it (the CLI counts from 1 and quotes the text)."""
+        return (f"{name} has {self.tokens} tokens; the model's context is {self.context} (use truncate=True, "
+                "or --truncate on the command line)")
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """Give each of the 256 byte values a printable character, so that BPE can work on `str`.
 
@@ -247,7 +266,8 @@ class Tokenizer:
         Returns:
             LongTensor [len(texts), context_length].
         Raises:
-            ValueError: a text is too long and `truncate` is False, or context_length < 2.
+            TextTooLong: a text is too long and `truncate` is False (a ValueError).
+            ValueError: context_length < 2.
             TypeError: a text that is not a str, or a context_length that is not an int.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -265,9 +285,7 @@ class Tokenizer:
             ids = [SOT, *self._encode(text, context_length - 1 if truncate else sys.maxsize), EOT]
             if len(ids) > context_length:
                 if not truncate:  # OpenAI raises RuntimeError("Input ... is too long ...")
-                    raise ValueError(
-                        f"text {i} has {len(ids)} tokens; the model's context is {context_length} "
-                        "(use truncate=True, or --truncate on the command line)")
+                    raise TextTooLong(i, len(ids), context_length)
                 ids = ids[:context_length - 1] + [EOT]
             result[i, :len(ids)] = ids
         return torch.from_numpy(result)

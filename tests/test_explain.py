@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image, ImageDraw
 
 import mini_clip
-from conftest import TINY
 
 TEXTS = ["a red square", "a blue circle on grey", "a green triangle"]
 
@@ -108,7 +108,8 @@ def test_run_writes_overlays_at_the_original_size_and_a_sheet(good_run, pictures
     proc, out, document, _ = good_run
     assert "Traceback" not in proc.stderr and error_lines(proc.stderr) == []
     results = document["results"]
-    assert [Path(r["image"]).name for r in results] == ["landscape.png", "square.jpg", "portrait.png"]  # folder sorted
+    names = [Path(r["image"]).name for r in results]
+    assert names == ["landscape.png", "square.jpg", "portrait.png"]  # the folder's, sorted; then the file
     for record in results:
         with Image.open(record["image"]) as original:
             size = original.size
@@ -148,7 +149,8 @@ def test_json_agrees_with_relevance_called_directly(good_run, weights):
             assert entry["prob"] == pytest.approx(float(rel.probs[0, j]), abs=1e-5)
             np.testing.assert_allclose(np.array(entry["grid"]), rel.image[0, j].numpy(), atol=1e-5)
             assert [t["token"] for t in entry["tokens"]] == rel.labels[j]
-            np.testing.assert_allclose([t["relevance"] for t in entry["tokens"]], rel.text[j][0].numpy(), atol=1e-5)
+            scores = [t["relevance"] for t in entry["tokens"]]
+            np.testing.assert_allclose(scores, rel.text[j][0].numpy(), atol=1e-5)
         assert math.isclose(sum(e["prob"] for e in record["texts"]), 1.0, abs_tol=1e-5)
         assert len(record["crop_box"]) == 4
 
@@ -167,7 +169,8 @@ def test_resume_skips_finished_images_and_still_lists_all(good_run, tmp_path):
     assert (portrait / "result.json").exists()
     document = json.loads((out / "results.json").read_text())
     assert [r["image"] for r in document["results"]] == [r["image"] for r in first["results"]]
-    assert "portrait.png" in proc.stdout and "landscape.png" not in proc.stdout  # only the redone image reported
+    assert "portrait.png" in proc.stdout  # only the redone image reported
+    assert "landscape.png" not in proc.stdout
     assert temp_files(out) == []
 
 
@@ -177,8 +180,8 @@ def mixed_run(tmp_path_factory, weights, pictures):
     bad = root / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
     out = root / "out"
-    proc = cli(pictures["portrait"], bad, pictures["folder"] / "landscape.png", "--weights", weights, "--out", out,
-               *[a for t in TEXTS for a in ("--text", t)])
+    proc = cli(pictures["portrait"], bad, pictures["folder"] / "landscape.png", "--weights", weights,
+               "--out", out, *[a for t in TEXTS for a in ("--text", t)])
     return proc, out
 
 
@@ -202,7 +205,8 @@ def test_terminal_table_sorts_texts_best_first(mixed_run, weights, pictures):
     model, _ = mini_clip.load(weights)
     blocks = [b for b in proc.stdout.split("\n\n") if b.strip()]
     assert len(blocks) == 3
-    assert blocks[0] == "settings: chefer, image blocks 1..1, text blocks 1..1 (the rest the method's defaults)"
+    assert blocks[0] == ("settings: chefer, image blocks 1..1, text blocks 1..1 "
+                         "(the rest the method's defaults)")
     for block, name in zip(blocks[1:], ("portrait", "landscape")):
         lines = block.splitlines()
         assert lines[0].endswith(f"{name}.png") and lines[1].split() == ["prob", "logit", "text"]
@@ -251,12 +255,13 @@ SERVER = textwrap.dedent("""
 
 
 class Explain:
-    """`main(argv)` of the CLI run in one long-lived subprocess, a request per run, output captured at the file
-    descriptors: torch's import is paid once, so runs that depend on each other (--resume, reruns) are cheap."""
+    """`main(argv)` of the CLI run in one long-lived subprocess, a request per run, output captured at the
+    file descriptors: torch's import is paid once, so runs that depend on each other (--resume, reruns) are
+    cheap."""
 
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=ENV)
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
 
     def __call__(self, *args, timeout: float = 120) -> dict:
         """{"rc": exit status or "escaped", "stdout": ..., "stderr": ...} of one run."""
@@ -285,43 +290,55 @@ W = "<weights>"
 # name: (arguments (--out is added), exit status, words the error line must contain)
 BAD = {
     "missing image": (["missing.png", "--text", "a", "--weights", W], 1, ["missing.png", "no such file"]),
-    "text file named .png": (["<text.png>", "--text", "a", "--weights", W], 1, ["text.png", "not a readable image"]),
+    "text file named .png": (["<text.png>", "--text", "a", "--weights", W], 1,
+                             ["text.png", "not a readable image"]),
     "empty .jpg": (["<empty.jpg>", "--text", "a", "--weights", W], 1, ["empty.jpg"]),
     "truncated png": (["<truncated.png>", "--text", "a", "--weights", W], 1, ["truncated.png", "truncated"]),
     "truncated tiff": (["<truncated.tif>", "--text", "a", "--weights", W], 1, ["truncated.tif"]),  # PIL warns
     "no text": ([GOOD, "--weights", W], 2, ["no text"]),
     "empty text": ([GOOD, "--text", "", "--weights", W], 2, ["text 1", "empty"]),
-    "whitespace text": ([GOOD, "--text", "ok", "--text", " \t ", "--weights", W], 2, ["text 2", "whitespace"]),
-    "text too long": ([GOOD, "--text", "dog " * 80, "--weights", W], 2, ["77", "--truncate"]),
+    "whitespace text": ([GOOD, "--text", "ok", "--text", " \t ", "--weights", W], 2,
+                        ["text 2", "whitespace"]),
+    "text too long": ([GOOD, "--text", "a", "--text", "dog " * 80, "--weights", W], 2,
+                      ["text 2 ('dog dog", "82 tokens", "context is 77", "--truncate"]),
     "missing texts file": ([GOOD, "--texts-file", "<missing.txt>", "--weights", W], 2, ["--texts-file"]),
-    "missing weights": ([GOOD, "--text", "a", "--weights", "<missing.safetensors>"], 1, ["missing.safetensors"]),
+    "missing weights": ([GOOD, "--text", "a", "--weights", "<missing.safetensors>"], 1,
+                        ["missing.safetensors"]),
     "random weights": ([GOOD, "--text", "a", "--weights", "<random.safetensors>"], 1, ["random.safetensors"]),
     "start layer too big": ([GOOD, "--text", "a", "--weights", W, "--start-layer", "2"], 2,
                             ["--start-layer 2", "0 .. 1", "-2 .. -1"]),
     "start layer too small": ([GOOD, "--text", "a", "--weights", W, "--start-layer-text", "-3"], 2,
                               ["--start-layer-text -3", "0 .. 1", "-2 .. -1"]),
-    "signed with rollout": ([GOOD, "--text", "a", "--weights", W, "--method", "rollout", "--signed"], 2, ["--signed"]),
+    "signed with rollout": ([GOOD, "--text", "a", "--weights", W, "--method", "rollout", "--signed"], 2,
+                            ["--signed"]),
     "unknown method": ([GOOD, "--text", "a", "--weights", W, "--method", "magic"], 2, ["magic"]),
     "unknown flag": ([GOOD, "--text", "a", "--weights", W, "--frobnicate"], 2, ["--frobnicate", "--help"]),
     "no image": (["--text", "a", "--weights", W], 2, ["IMAGE"]),
     "folder without images": (["<empty folder>", "--text", "a", "--weights", W], 2, ["no images"]),
     "out under a regular file": ([GOOD, "--text", "a", "--weights", W, "--out", "<regular>/out"], 1,
                                  ["--out", "cannot write"]),
-    "out is a regular file": ([GOOD, "--text", "a", "--weights", W, "--out", "<regular>"], 1, ["--out", "regular"]),
-    "device nonsense": ([GOOD, "--text", "a", "--weights", W, "--device", "nonsense"], 2, ["nonsense", "cpu"]),
+    "out is a regular file": ([GOOD, "--text", "a", "--weights", W, "--out", "<regular>"], 1,
+                              ["--out", "regular"]),
+    "device nonsense": ([GOOD, "--text", "a", "--weights", W, "--device", "nonsense"], 2,
+                        ["nonsense", "cpu"]),
     "device cuda:99": ([GOOD, "--text", "a", "--weights", W, "--device", "cuda:99"], 2, ["cuda:99", "cpu"]),
     "device meta": ([GOOD, "--text", "a", "--weights", W, "--device", "meta"], 2, ["meta", "cpu"]),
     "texts file is a folder": ([GOOD, "--texts-file", "<empty folder>", "--weights", W], 2,
                                ["--texts-file", "not a regular file"]),
-    "texts file is a fifo": ([GOOD, "--texts-file", "<fifo.txt>", "--weights", W], 2, ["fifo.txt", "not a regular"]),
+    "texts file is a fifo": ([GOOD, "--texts-file", "<fifo.txt>", "--weights", W], 2,
+                             ["fifo.txt", "not a regular"]),
     "image is a fifo": (["<fifo.png>", "--text", "a", "--weights", W], 1, ["fifo.png", "not a regular file"]),
-    "image is a device": (["/dev/zero", "--text", "a", "--weights", W], 1, ["/dev/zero", "not a regular file"]),
+    "image is a device": (["/dev/zero", "--text", "a", "--weights", W], 1,
+                          ["/dev/zero", "not a regular file"]),
     "missing image, odd name": (["<odd\nname\x1b[2J.png>", "--text", "a", "--weights", W], 1,
                                 ["odd\\nname\\x1b[2J.png", "no such file"]),
     "text without tokens": ([GOOD, "--text", "\x1b\x07", "--weights", W], 2, ["text 1", "no words"]),
-    "batch size 0": ([GOOD, "--text", "a", "--weights", W, "--batch-size", "0"], 2, ["--batch-size", "at least 1"]),
-    "negative max size": ([GOOD, "--text", "a", "--weights", W, "--max-size", "-1"], 2, ["--max-size", "at least 0"]),
-    "negative workers": ([GOOD, "--text", "a", "--weights", W, "--workers", "-2"], 2, ["--workers", "at least 0"]),
+    "batch size 0": ([GOOD, "--text", "a", "--weights", W, "--batch-size", "0"], 2,
+                     ["--batch-size", "at least 1"]),
+    "negative max size": ([GOOD, "--text", "a", "--weights", W, "--max-size", "-1"], 2,
+                          ["--max-size", "at least 0"]),
+    "negative workers": ([GOOD, "--text", "a", "--weights", W, "--workers", "-2"], 2,
+                         ["--workers", "at least 0"]),
     "unknown format": ([GOOD, "--text", "a", "--weights", W, "--format", "gif"], 2, ["--format", "gif"]),
 }
 if not torch.backends.mps.is_available():
@@ -330,9 +347,11 @@ EXTRA = {  # runs that must work, in the same driver
     "text too long, truncated": [GOOD, "--text", "dog " * 80, "--truncate", "--weights", W],
     "help": ["--help"],
     "resume, first texts": [GOOD, "--text", "a red square", "--weights", W, "--out", "<resume-out>"],
-    "resume, other texts": [GOOD, "--text", "a blue circle", "--weights", W, "--out", "<resume-out>", "--resume"],
+    "resume, other texts": [GOOD, "--text", "a blue circle", "--weights", W, "--out", "<resume-out>",
+                            "--resume"],
     "one text": [GOOD, "--text", "a red square", "--weights", W],
-    "bom and control characters": [GOOD, "--texts-file", "<bom.txt>", "--text", "one\ntwo\x1b[2J", "--weights", W],
+    "bom and control characters": [GOOD, "--texts-file", "<bom.txt>", "--text", "one\ntwo\x1b[2J",
+                                   "--weights", W],
     "odd file name": ["<odd-\udcff-\u202e.png>", "--text", "a shape", "--weights", W],
 }
 
@@ -432,8 +451,8 @@ def test_sheet_is_bounded_whatever_the_aspect_ratio(tmp_path, weights, explain):
     texts = [f"a picture number {k}" for k in range(20)]
     out = tmp_path / "out"
     start = time.monotonic()
-    proc = explain(tmp_path / "wide.png", tmp_path / "tall.png", "--weights", weights, "--out", out, "--quiet",
-               *texts_args(texts))
+    proc = explain(tmp_path / "wide.png", tmp_path / "tall.png", "--weights", weights, "--out", out,
+                   "--quiet", *texts_args(texts))
     assert proc["rc"] == 0 and error_lines(proc["stderr"]) == [], proc["stderr"]
     assert time.monotonic() - start < 60
     for name, size in (("wide", (1024, 1)), ("tall", (1, 1024))):  # the default --max-size 1024
@@ -461,7 +480,8 @@ def test_names_derived_from_files_stay_inside_out(tmp_path, weights, pictures, e
     folders = [p for p in out.iterdir() if p.is_dir()]
     assert len(folders) == len(names) and len({p.name.casefold() for p in folders}) == len(names)
     for folder in folders:
-        assert not folder.name.startswith(".") and folder.name not in (".", "..") and folder.name.strip() == folder.name
+        assert not folder.name.startswith(".") and folder.name not in (".", "..")
+        assert folder.name.strip() == folder.name
         assert not any(unicodedata.category(c)[0] == "C" for c in folder.name)
         assert len(os.fsencode(folder.name)) <= 255 - len(".sheet.png.9999999.tmp")  # room for temp files
         assert sorted(p.name for p in folder.iterdir()) == ["01-a-shape.jpg", "result.json", "sheet.png"]
@@ -474,7 +494,8 @@ def test_names_derived_from_files_stay_inside_out(tmp_path, weights, pictures, e
 
 def test_output_folders_are_unique_and_the_same_on_every_run(tmp_path, weights, pictures, explain):
     """x/a.png, x/a-3.png, y/a.png: y/a.png used to get 'a-3' and overwrite x/a-3.png's outputs."""
-    for folder, name, picture in (("x", "a.png", "portrait"), ("x", "a-3.png", "square"), ("y", "a.png", "landscape")):
+    for folder, name, picture in (("x", "a.png", "portrait"), ("x", "a-3.png", "square"),
+                                  ("y", "a.png", "landscape")):
         (tmp_path / folder).mkdir(exist_ok=True)
         (tmp_path / folder / name).write_bytes(pictures[picture].read_bytes())
     x_a, x_a3, y_a = tmp_path / "x" / "a.png", tmp_path / "x" / "a-3.png", tmp_path / "y" / "a.png"
@@ -509,8 +530,10 @@ def test_resume_redoes_what_changed_and_survives_foreign_records(tmp_path, weigh
 
     def run(photo, *extra) -> set[str]:
         """The images explained (not skipped) by one run."""
-        proc = explain(photo, other, "--weights", local, "--out", out, "--resume", *texts_args(TEXTS[:2]), *extra)
-        assert proc["rc"] == 0 and "Traceback" not in proc["stderr"] and error_lines(proc["stderr"]) == [], proc["stderr"]
+        proc = explain(photo, other, "--weights", local, "--out", out, "--resume", *texts_args(TEXTS[:2]),
+                       *extra)
+        assert proc["rc"] == 0 and "Traceback" not in proc["stderr"], proc["stderr"]
+        assert error_lines(proc["stderr"]) == [], proc["stderr"]
         return {Path(line).name for line in proc["stdout"].splitlines() if line.endswith(".png")}
 
     assert run(tmp_path / "d0" / "photo.png") == {"photo.png", "other.png"}
@@ -518,16 +541,18 @@ def test_resume_redoes_what_changed_and_survives_foreign_records(tmp_path, weigh
     (out / "other" / "02-a-blue-circle-on-grey.jpg").unlink()
     assert run(tmp_path / "d1" / "photo.png") == {"photo.png", "other.png"}  # another photo; a lost overlay
     assert (out / "other" / "02-a-blue-circle-on-grey.jpg").is_file()
-    assert json.loads((out / "photo" / "result.json").read_text())["image"] == str(tmp_path / "d1" / "photo.png")
-    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == {"photo.png", "other.png"}
+    redone = json.loads((out / "photo" / "result.json").read_text())
+    assert redone["image"] == str(tmp_path / "d1" / "photo.png")
+    rollout = ("--method", "rollout", "--start-layer", "1")  # other settings
+    assert run(tmp_path / "d1" / "photo.png", *rollout) == {"photo.png", "other.png"}
     record = json.loads((out / "photo" / "result.json").read_text())
-    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == set()
-    (out / "photo" / "result.json").write_text("[" * 100000)  # broken, and nested past Python's recursion limit
+    assert run(tmp_path / "d1" / "photo.png", *rollout) == set()
+    (out / "photo" / "result.json").write_text("[" * 100000)  # broken; nested past Python's recursion limit
     (out / "other" / "result.json").write_text(json.dumps({**record, "stamp": None, "texts": 5}))
-    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == {"photo.png", "other.png"}
+    assert run(tmp_path / "d1" / "photo.png", *rollout) == {"photo.png", "other.png"}
     torch.manual_seed(1)  # other weights at the same path
     mini_clip.save(mini_clip.CLIP(mini_clip.CLIPConfig(**TINY)), local)
-    assert run(tmp_path / "d1" / "photo.png", "--method", "rollout", "--start-layer", "1") == {"photo.png", "other.png"}
+    assert run(tmp_path / "d1" / "photo.png", *rollout) == {"photo.png", "other.png"}
     assert temp_files(out) == []
 
 
@@ -568,7 +593,8 @@ def test_one_unwritable_output_fails_its_image_only(tmp_path, weights, pictures,
     assert temp_files(out) == []
 
     (tmp_path / "out2" / "results.json").mkdir(parents=True)  # the run's own record cannot be written
-    proc = explain(source / "d.png", "--weights", weights, "--out", tmp_path / "out2", "--text", "a shape", "--quiet")
+    proc = explain(source / "d.png", "--weights", weights, "--out", tmp_path / "out2", "--text", "a shape",
+                   "--quiet")
     lines = error_lines(proc["stderr"])
     assert proc["rc"] == 1 and len(lines) == 1 and str(tmp_path / "out2" / "results.json") in lines[0], proc
     assert (tmp_path / "out2" / "d" / "sheet.png").is_file() and temp_files(tmp_path / "out2") == []
@@ -632,15 +658,17 @@ def screen(data: bytes) -> list[str]:
 
 
 def test_progress_line_is_erased_before_results_and_errors(tmp_path, weights, pictures):
-    """On a terminal, '[n/N] image' used to stay behind ('[1/3] a.png...'), errors and tables printed onto it."""
+    """On a terminal, '[n/N] image' used to stay behind ('[1/3] a.png...'), errors and tables printed onto
+    it."""
     long_name = tmp_path / ("a-long-name-" * 3 + ".png")
     long_name.write_bytes(pictures["portrait"].read_bytes())
     broken = tmp_path / "b.png"
     broken.write_bytes(b"not an image")
     primary, secondary = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "mini_clip.explain", long_name, broken, pictures["square"],
-                               "--weights", weights, "--out", tmp_path / "out", "--text", "a shape"],
+        proc = subprocess.run([sys.executable, "-m", "mini_clip.explain", long_name, broken,
+                               pictures["square"], "--weights", weights, "--out", tmp_path / "out",
+                               "--text", "a shape"],
                               stdout=secondary, stderr=secondary, env=ENV, timeout=120)
         os.close(secondary)
         data = b""
@@ -660,7 +688,8 @@ def test_progress_line_is_erased_before_results_and_errors(tmp_path, weights, pi
     assert "[2/3]" in data.decode(errors="replace")  # progress was shown, then erased
     errors = [line for line in shown if line.startswith("mini_clip.explain: error: ")]
     assert len(errors) == 2 and "b.png" in errors[0], shown
-    assert any(line.endswith(long_name.name) for line in shown) and any(line.endswith("square.jpg") for line in shown)
+    assert any(line.endswith(long_name.name) for line in shown)
+    assert any(line.endswith("square.jpg") for line in shown)
 
 
 def test_one_text_says_its_probability_is_always_100_percent(driver_runs):

@@ -1,9 +1,11 @@
-"""Relevance grids drawn over the original photo: geometry, blending and colours, checked from first principles.
+"""Relevance grids drawn over the original photo: geometry, blending and colours, checked from first
+principles.
 
 The expected geometry is worked out here, not taken from mini_clip: OpenAI's preprocessing resizes the short
 side to `size` and the long side to int(size * long / short), then cuts a centre square at
-int(round((resized - size) / 2)). Cell (r, c) of a g x g grid covers crop pixels [c * size / g, (c + 1) * size / g)
-across and the same with r down; a crop pixel position p maps back to the original at
+int(round((resized - size) / 2)). Cell (r, c) of a g x g grid covers crop pixels
+[c * size / g, (c + 1) * size / g) across and the same with r down; a crop pixel position p maps back to the
+original at
 (offset + p) * original / resized. A pixel of the original belongs to the cell its centre falls in.
 """
 import subprocess
@@ -33,7 +35,9 @@ def expected_geometry(width: int, height: int, size: int) -> tuple[int, int, int
 
 def cell_span(k: int, cells: int, size: int, offset: int, resized: int, original: int) -> tuple[float, float]:
     """Cell k's extent along one axis in original-image coordinates (edges)."""
-    return ((offset + k * size / cells) * original / resized, (offset + (k + 1) * size / cells) * original / resized)
+    start = (offset + k * size / cells) * original / resized
+    end = (offset + (k + 1) * size / cells) * original / resized
+    return start, end
 
 
 def crop_span(size: int, offset: int, resized: int, original: int) -> tuple[float, float]:
@@ -47,7 +51,8 @@ def axis_mask(n: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     return (centre >= lo + 1) & (centre < hi - 1), (centre < lo - 1) | (centre >= hi + 1)
 
 
-# (width, height, size, grid): landscape and portrait, odd sizes, up- and downscaling, offsets from .5 rounding
+# (width, height, size, grid): landscape and portrait, odd sizes, up- and downscaling, offsets from .5
+# rounding
 CASES = [(120, 80, 32, 4), (80, 120, 32, 4), (640, 427, 224, 7), (300, 533, 224, 14), (101, 77, 56, 7),
          (53, 37, 16, 2), (37, 530, 56, 7)]
 
@@ -78,7 +83,8 @@ def test_one_hot_cell_lights_its_rectangle(width, height, size, cells):
 
         smooth, _ = grid_to_image(grid, g, smooth=True)
         y, x = np.unravel_index(np.argmax(smooth), smooth.shape)
-        (x0, x1), (y0, y1) = cell_span(c, cells, size, left, rw, width), cell_span(r, cells, size, top, rh, height)
+        x0, x1 = cell_span(c, cells, size, left, rw, width)
+        y0, y1 = cell_span(r, cells, size, top, rh, height)
         assert x0 - 1 <= x + 0.5 <= x1 + 1 and y0 - 1 <= y + 0.5 <= y1 + 1, ((r, c), (x, y))
         assert 0.5 < smooth.max() <= 1.0 and smooth.min() >= 0.0  # bilinear between cell centres
 
@@ -115,7 +121,8 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(30, 226, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("width, height, size, cells", [(120, 80, 32, 4), (80, 120, 32, 4), (300, 533, 224, 7)])
+@pytest.mark.parametrize("width, height, size, cells",
+                         [(120, 80, 32, 4), (80, 120, 32, 4), (300, 533, 224, 7)])
 def test_overlay_keeps_the_size_dims_outside_and_blends_inside(width, height, size, cells):
     original = photo(width, height)
     g = geometry_of(width, height, size)
@@ -248,10 +255,12 @@ def test_signed_word_shades_are_scaled_by_the_largest_magnitude_and_negatives_lo
     assert tuple(word_colour(1.0)) == INFERNO_LAST
 
 
-def reference_overlay(original: Image.Image, grid: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
+def reference_overlay(original: Image.Image, grid: np.ndarray, width: int, height: int, size: int
+                      ) -> np.ndarray:
     """The drawing as it was, in float64, worked out here: each pixel of a picture of the photo's frame
     (any scale) traced to the crop, the min-max normalised grid sampled bilinearly between cell centres
-    (clamped at the crop's edges), coloured by the inferno scale, blended 1:1 inside the crop, dimmed outside."""
+    (clamped at the crop's edges), coloured by the inferno scale, blended 1:1 inside the crop, dimmed
+    outside."""
     rw, rh, left, top = expected_geometry(width, height, size)
     w, h = original.size
     cells = grid.shape[0]
@@ -272,8 +281,8 @@ def reference_overlay(original: Image.Image, grid: np.ndarray, width: int, heigh
 
 
 @pytest.mark.parametrize("width, height, size, cells, scale", [
-    (120, 80, 32, 4, 1), (80, 120, 32, 4, 1), (640, 427, 224, 7, 1), (301, 533, 224, 14, 1), (53, 37, 16, 2, 1),
-    (37, 530, 56, 7, 1), (640, 427, 224, 7, 0.37), (301, 533, 224, 14, 0.5)])
+    (120, 80, 32, 4, 1), (80, 120, 32, 4, 1), (640, 427, 224, 7, 1), (301, 533, 224, 14, 1),
+    (53, 37, 16, 2, 1), (37, 530, 56, 7, 1), (640, 427, 224, 7, 0.37), (301, 533, 224, 14, 0.5)])
 def test_overlay_equals_the_float64_drawing_within_one_colour_level(width, height, size, cells, scale):
     """The 8-bit drawing (heat levels, a 256-entry table, PIL's blend) against the float64 one, at the photo's
     size and on a smaller copy of it (--max-size): the geometry is the same, the outside as dimmed. One level
@@ -290,10 +299,10 @@ def test_overlay_equals_the_float64_drawing_within_one_colour_level(width, heigh
 
 
 def test_overlay_of_a_large_photo_makes_no_full_size_float_array():
-    """The float64 drawing held 8 bytes per channel and pixel several times over (7.7 GB peak for 48 MP): numpy
-    allocations while drawing a 3 MP photo now stay below one float32 per pixel (tracemalloc counts numpy's,
-    and Python's bytes): the 8-bit heat levels inside the crop, their copy handed to PIL, and two float32
-    strips of rows (about 2.9 bytes per pixel here). Measured in a fresh process: tracemalloc
+    """The float64 drawing held 8 bytes per channel and pixel several times over (7.7 GB peak for 48 MP):
+    numpy allocations while drawing a 3 MP photo now stay below one float32 per pixel (tracemalloc counts
+    numpy's, and Python's bytes): the 8-bit heat levels inside the crop, their copy handed to PIL, and two
+    float32 strips of rows (about 2.9 bytes per pixel here). Measured in a fresh process: tracemalloc
     counts every thread's allocations, and other tests leave threads behind."""
     code = textwrap.dedent("""
         import time, tracemalloc
@@ -301,7 +310,8 @@ def test_overlay_of_a_large_photo_makes_no_full_size_float_array():
         from PIL import Image
         from mini_clip import preprocess
         from mini_clip.heatmap import overlay
-        original = Image.fromarray(np.random.default_rng(5).integers(30, 226, (1500, 2000, 3), dtype=np.uint8))
+        pixels = np.random.default_rng(5).integers(30, 226, (1500, 2000, 3), dtype=np.uint8)
+        original = Image.fromarray(pixels)
         _, g = preprocess(original, 224, return_geometry=True)
         grid = np.random.default_rng(6).random((7, 7))
         tracemalloc.start()

@@ -3,8 +3,11 @@
 The reference below is written from torchvision's documented formulas (torchvision is not installed next to
 CPU torch here): Resize(n) makes the short side n and the long side int(n * long / short) with PIL bicubic;
 CenterCrop(n) cuts at int(round((side - n) / 2.0)); ToTensor divides uint8 by 255 into float32 CHW;
-Normalize subtracts OpenAI's mean and divides by its std. As ALGORITHM.md states, mini_clip converts to RGB
-before resizing, so the reference does too; 16-bit greyscale is scaled to 8 bits by round(v * 255 / 65535).
+Normalize subtracts OpenAI's mean and divides by its std. One step moves: OpenAI's clip._transform
+converts to RGB after the crop (Resize, CenterCrop, _convert_image_to_rgb, ToTensor, Normalize),
+mini_clip's `preprocess` before resizing (`to_rgb`), so that a palette image is resampled as colours, not
+as palette indices (PIL resizes "P" images nearest-neighbour); for RGB photos the two orders agree. The
+reference converts first too, and scales 16-bit greyscale to 8 bits by round(v * 255 / 65535), as `to_rgb`.
 """
 import warnings
 
@@ -15,7 +18,8 @@ from PIL import Image
 
 from mini_clip import CropGeometry, ImageError, load_image, preprocess
 
-# OpenAI's clip._transform: Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+# OpenAI's clip._transform:
+# Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -173,7 +177,8 @@ def test_crop_box_is_a_centred_square_inside_the_image():
         assert 0 <= x0 < x1 <= w + 1e-9 and 0 <= y0 < y1 <= h + 1e-9, (w, h, n)
         assert x1 - x0 == pytest.approx(n * scale_x) and y1 - y0 == pytest.approx(n * scale_y)
         # centred to within one resized pixel (the crop offset is rounded)
-        assert abs((x0 + x1) / 2 - w / 2) <= scale_x / 2 + 1e-9 and abs((y0 + y1) / 2 - h / 2) <= scale_y / 2 + 1e-9
+        assert abs((x0 + x1) / 2 - w / 2) <= scale_x / 2 + 1e-9
+        assert abs((y0 + y1) / 2 - h / 2) <= scale_y / 2 + 1e-9
         # the short side is covered entirely
         assert (x0, x1) == pytest.approx((0, w)) if w <= h else (y0, y1) == pytest.approx((0, h))
 

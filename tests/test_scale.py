@@ -1,5 +1,6 @@
-"""Many photos: batched explanations equal one-at-a-time ones, texts prepared once, the folder pipeline's order,
-errors, resume and shards, progress lines, and torchrun with 2 CPU processes on the loopback interface."""
+"""Many photos: batched explanations equal one-at-a-time ones, texts prepared once, the folder pipeline's
+order, errors, resume and shards, progress lines, and torchrun with 2 CPU processes on the loopback
+interface."""
 import io
 import json
 import os
@@ -11,18 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
+from reference import max_rel_diff, perturb_, tolerance
 
 import mini_clip
-from mini_clip.explain import Progress
 from mini_clip.folder import explain_folder
 from mini_clip.relevance import prepare_texts, relevance
-from conftest import TINY
-from reference import max_rel_diff, perturb_, tolerance
+from mini_clip.terminal import Progress
 
 TEXTS = ["a red square", "a blue circle on grey", "a green triangle"]
 CONFIG = mini_clip.CLIPConfig(embed_dim=32, image_resolution=48, vision_layers=3, vision_width=64,
-                              vision_patch_size=16, transformer_width=64, transformer_heads=2, transformer_layers=3)
+                              vision_patch_size=16, transformer_width=64, transformer_heads=2,
+                              transformer_layers=3)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def model():
     return perturb_(mini_clip.CLIP(CONFIG)).eval()
 
 
-# (method, start_layer, start_layer_text): the text blocks before start_layer_text are what `prepare_texts` runs
+# (method, start_layer, start_layer_text): the text blocks before start_layer_text are what `prepare_texts`
+# runs
 SETTINGS = [("chefer", 1, 1), ("chefer", 0, 2), ("gradcam", -1, -1), ("rollout", 0, 1), ("attention", -1, 2),
             ("legrad", -2, -1)]
 
@@ -44,7 +47,8 @@ def test_a_batch_with_prepared_texts_equals_one_image_at_a_time(model, method, s
     images = torch.randn(5, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     prepared = prepare_texts(model, TEXTS, method, start_text)
     batch = relevance(model, images, prepared, start, start_text, method)
-    tol = tolerance(torch.float32, 4 * CONFIG.vision_width, 2 * (CONFIG.vision_layers + CONFIG.transformer_layers))
+    tol = tolerance(torch.float32, 4 * CONFIG.vision_width,
+                    2 * (CONFIG.vision_layers + CONFIG.transformer_layers))
     for i in range(len(images)):
         alone = relevance(model, images[i: i + 1], TEXTS, start, start_text, method)
         assert max_rel_diff(batch.logits[i: i + 1], alone.logits) <= tol
@@ -91,7 +95,8 @@ def test_folder_keeps_input_order_and_one_bad_image_fails_alone(model, tmp_path)
     good = [r for r in threaded if r.error is None]
     assert len(good) == 6 and all(r.relevance is not None and not r.resumed for r in good)
     inline = list(explain_folder(model, paths, TEXTS, tmp_path / "b", batch_size=1, workers=0))
-    tol = tolerance(torch.float32, 4 * CONFIG.vision_width, 2 * (CONFIG.vision_layers + CONFIG.transformer_layers))
+    tol = tolerance(torch.float32, 4 * CONFIG.vision_width,
+                    2 * (CONFIG.vision_layers + CONFIG.transformer_layers))
     for a, b in zip(grids(good), grids(inline)):
         assert max_rel_diff(torch.from_numpy(a), torch.from_numpy(b)) <= tol
     for r in good:  # every output written, at the photo's size (below the default --max-size)
@@ -110,8 +115,8 @@ def test_folder_resume_skips_finished_images_and_shards_split_the_list(model, tm
     assert not png[0].resumed  # another format and size: redone
     with Image.open(png[0].record["texts"][0]["overlay"]) as picture:
         assert picture.format == "PNG" and max(picture.size) == 40
-    assert sorted(p.name for p in (out / "p0").iterdir())[:3] == ["01-a-red-square.png", "02-a-blue-circle-on-grey.png",
-                                                                  "03-a-green-triangle.png"]  # the jpegs removed
+    overlays = ["01-a-red-square.png", "02-a-blue-circle-on-grey.png", "03-a-green-triangle.png"]
+    assert sorted(p.name for p in (out / "p0").iterdir())[:3] == overlays  # the jpegs removed
     halves = [list(explain_folder(model, paths, TEXTS, tmp_path / "s", shard=(k, 2))) for k in range(2)]
     assert [r.path for r in halves[0]] == paths[0::2] and [r.path for r in halves[1]] == paths[1::2]
 
@@ -123,6 +128,35 @@ def test_folder_refuses_bad_options_before_any_work(model, tmp_path):
         with pytest.raises(ValueError, match=words):
             next(explain_folder(model, [tmp_path / "x.png"], TEXTS, tmp_path / "out", **options))
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="must be an int, got 2.0"):
+        next(explain_folder(model, [tmp_path / "x.png"], TEXTS, tmp_path / "out", batch_size=2.0))
+    prepared = prepare_texts(model, TEXTS, "chefer", 1)
+    for options in ({"method": "rollout", "start_layer_text": 1}, {"start_layer_text": 2}):
+        with pytest.raises(ValueError, match="prepared texts are 3 for chefer, text block 1"):
+            next(explain_folder(model, [tmp_path / "x.png"], TEXTS, tmp_path / "out", prepared=prepared,
+                                **options))
+    with pytest.raises(ValueError, match="prepared texts are 3 .* this run has 2"):
+        next(explain_folder(model, [tmp_path / "x.png"], TEXTS[:2], tmp_path / "out", prepared=prepared,
+                            start_layer_text=1))
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_with_texts_prepared_before_writes_the_same_records(model, tmp_path):
+    """The CLI prepares the texts (and checks them) before any image is read, and hands them over: the
+    records are those of a run that prepares them itself, number for number."""
+    paths = photos(tmp_path, 3)
+    alone = list(explain_folder(model, paths, TEXTS, tmp_path / "a", method="rollout", start_layer_text=1))
+    prepared = prepare_texts(model, TEXTS, "rollout", 1)
+    handed = list(explain_folder(model, paths, TEXTS, tmp_path / "b", method="rollout", start_layer_text=1,
+                                 prepared=prepared))
+    assert len(alone) == len(handed) == 3
+    for a, b in zip(alone, handed):
+        assert a.error is None and b.error is None
+        for record in (a.record, b.record):  # the output folders differ, nothing else
+            record["sheet"] = None
+            for entry in record["texts"]:
+                entry["overlay"] = None
+        assert a.record == b.record
 
 
 class Clock:
@@ -167,9 +201,10 @@ def free_port() -> int:
 def test_torchrun_two_processes_split_the_images_and_process_0_merges(tmp_path, tiny_weights):
     paths = photos(tmp_path, 5)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    common = [str(tmp_path), "--weights", str(tiny_weights), *[a for t in TEXTS for a in ("--text", t)], "--quiet"]
-    runner = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-              "--master-port", str(free_port()), "-m", "mini_clip.explain"]
+    common = [str(tmp_path), "--weights", str(tiny_weights), *[a for t in TEXTS for a in ("--text", t)],
+              "--quiet"]
+    runner = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+              "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "mini_clip.explain"]
     proc = subprocess.run([*runner, *common, "--out", str(tmp_path / "two")], capture_output=True, text=True,
                           env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -179,7 +214,8 @@ def test_torchrun_two_processes_split_the_images_and_process_0_merges(tmp_path, 
     two = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
     alone = json.loads((tmp_path / "one" / "results.json").read_text())["results"]
     assert [r["image"] for r in two] == [str(p) for p in paths]  # every image once, in input order
-    tol = tolerance(torch.float32, 4 * TINY["vision_width"], 2 * (TINY["vision_layers"] + TINY["transformer_layers"]))
+    tol = tolerance(torch.float32, 4 * TINY["vision_width"],
+                    2 * (TINY["vision_layers"] + TINY["transformer_layers"]))
     for a, b in zip(two, alone):  # other batches (rank 0: images 0, 2, 4): only the order of sums differs
         got, want = (torch.tensor([t["grid"] for t in r["texts"]]) for r in (a, b))
         assert max_rel_diff(got, want) <= tol
