@@ -1,6 +1,6 @@
 """Measure a scenes-trained CLIP on fresh scenes of its training world and of a renderer variant it never saw:
 zero-shot recognition against hard negatives, how well each explanation method points at, covers and explains
-the named object, and how the words' relevance reads (see mini_clip/evaluate.py).
+the named object, and how the words' relevance reads (see mini_clip/scenes/).
 
     python scripts/evaluate_scenes.py                                   # the shipped model, 200 scenes a world
     python scripts/evaluate_scenes.py --scenes 100 --weights /work/train/scenes.safetensors --world dark
@@ -18,10 +18,9 @@ import time
 import torch
 
 from mini_clip import WeightsError, load
-from mini_clip.evaluate import (DELETION_INTERVALS, EVAL_SEED, EXPLAINERS, TEXT_EXPLAINERS, evaluate,
-                                evaluate_text, evaluation_scenes, summary, text_summary)
 from mini_clip.relevance import settings
-from mini_clip.scenes import WORLDS
+from mini_clip.scenes import (DELETION_INTERVALS, EVAL_SEED, EXPLAINERS, TEXT_EXPLAINERS, WORLDS, evaluate,
+                              evaluate_text, evaluation_scenes, summary, text_summary)
 from mini_clip.weights import DEFAULT_WEIGHTS, read_checkpoint
 
 CLEARLY_BELOW = 0.8  # "deletion AUC clearly below random": at most this fraction of random's

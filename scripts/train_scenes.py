@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from mini_clip import CLIP, CLIPConfig, WeightsError, save
-from mini_clip.evaluate import choose_settings, evaluate, evaluation_scenes, summary
 from mini_clip.image import normalize
-from mini_clip.scenes import DEFAULT_WORLD, WORLDS, caption_matches, hard_negatives, sample_scenes
+from mini_clip.scenes import (DEFAULT_WORLD, WORLDS, caption_matches, choose_settings, evaluate,
+                              evaluation_scenes, hard_negatives, sample_scenes, summary)
 from mini_clip.tokenizer import tokenize
 from mini_clip.weights import build, read_checkpoint
 

@@ -41,11 +41,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .image import normalize, preprocess
-from .model import CLIP
-from .relevance import relevance
-from .scenes import DEFAULT_WORLD, PAIRS, Scene, World, caption, hard_negatives, make_scene
-from .tokenizer import default_tokenizer, tokenize
+from ..image import normalize, preprocess
+from ..model import CLIP
+from ..relevance import relevance
+from ..tokenizer import default_tokenizer, tokenize
+from .render import DEFAULT_WORLD, PAIRS, Scene, World, caption, hard_negatives, make_scene
 
 EVAL_SEED = 10_000_000  # first scene seed; training draws from one default_rng(0) stream
 MIN_OBJECTS, MAX_OBJECTS = 2, 4  # per evaluation scene: with one object, nothing competes for the map
