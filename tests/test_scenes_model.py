@@ -1,7 +1,7 @@
 """The shipped scenes model, its training recipe and the measurements of mini_clip.scenes.
 
-- golden: the shipped weights load and beat chance on fresh scenes (skipped, naming the file, until it exists);
-  the same bounds fail for a random-weights model, so the test can fail;
+- golden: the shipped weights load and beat chance on fresh scenes (skipped, naming the file, until it
+  exists); the same bounds fail for a random-weights model, so the test can fail;
 - a 20-step training run of the micro config lowers the loss;
 - the measurement functions on hand-made maps, masks and scores, with answers worked out by hand here;
 - the evaluation script end to end, in a subprocess.
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import load_module
 from safetensors import safe_open
 
 import mini_clip
-from mini_clip.model import CLIP
 from mini_clip import scenes as S
+from mini_clip.model import CLIP
 from mini_clip.scenes import Obj, Scene
 from mini_clip.weights import DEFAULT_WEIGHTS
-from reference import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_MB = 30
@@ -50,6 +50,12 @@ def train_scenes():
 
 
 @pytest.fixture(scope="module")
+def evaluate_scenes():
+    """scripts/evaluate_scenes.py, whose report rows summarise the measurements."""
+    return load_module("evaluate_scenes", ROOT / "scripts" / "evaluate_scenes.py")
+
+
+@pytest.fixture(scope="module")
 def shipped():
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip(f"{DEFAULT_WEIGHTS} is missing: it is added when training finishes "
@@ -60,7 +66,7 @@ def shipped():
 
 def chance_measures(model: CLIP) -> dict[str, float]:
     """Zero-shot comparisons won, and the pointing of chefer, the random map and the text-blind map, in %,
-    counted here from the per-object records (not from evaluate's own summary)."""
+    counted here from the per-object records (not from the evaluation script's summary)."""
     explainers = [e for e in S.EXPLAINERS if e[0] in ("chefer", "random", TEXT_BLIND)]
     report = S.evaluate(model, S.evaluation_scenes(SCENES), explainers, deletion_intervals=None)
     won = sum(w for o in report.objects for w, _ in o.negatives.values())
@@ -117,7 +123,8 @@ def test_micro_training_lowers_the_loss(train_scenes):
 
 def test_selection_keeps_the_best_pointing_step(tmp_path, monkeypatch, train_scenes):
     """With select_every, the file holds the weights of the step whose validation pointing was highest."""
-    scores, snapshots = iter([40.0, 70.0, 55.0]), {}  # measured at steps 10, 15, 20 (second half, every 5)
+    scores = iter([40.0, 70.0, 55.0])  # measured at steps 10, 15, 20 (second half, every 5)
+    snapshots = {}
 
     def scripted(model, scenes):
         snapshots[len(snapshots)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -143,8 +150,10 @@ def test_selection_keeps_the_best_pointing_step(tmp_path, monkeypatch, train_sce
     (["--out", "/nonexistent-folder/m.safetensors"], 2, "/nonexistent-folder is missing or not writable"),
     (["--init", "/nonexistent-folder/m.safetensors", "--steps", "1"], 1, "no such file"),
 ])
-def test_training_script_refuses_bad_flags_in_one_line(tmp_path, monkeypatch, capsys, train_scenes, flags, code, says):
-    monkeypatch.setattr(sys, "argv", ["train_scenes.py", "--micro", "--out", str(tmp_path / "m.safetensors"), *flags])
+def test_training_script_refuses_bad_flags_in_one_line(tmp_path, monkeypatch, capsys, train_scenes, flags,
+                                                       code, says):
+    out = str(tmp_path / "m.safetensors")
+    monkeypatch.setattr(sys, "argv", ["train_scenes.py", "--micro", "--out", out, *flags])
     assert train_scenes.main() == code
     err = capsys.readouterr().err
     assert err.startswith("train_scenes: error: ") and says in err and len(err.strip().splitlines()) == 1
@@ -270,7 +279,8 @@ def test_evaluation_script_prints_the_table(tmp_path, train_scenes):
     weights = tmp_path / "micro.safetensors"
     mini_clip.save(CLIP(train_scenes.MICRO), weights, {"training": json.dumps({"steps": 0})})
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_scenes.py"), "--scenes", "2",
-                          "--weights", str(weights), "--threads", "1"], capture_output=True, text=True, timeout=120)
+                          "--weights", str(weights), "--threads", "1"],
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "2 scenes per world" in run.stdout and "training step 0" in run.stdout
     assert "| measure | wide: all (" in run.stdout and "| held-out: all (" in run.stdout
@@ -289,7 +299,7 @@ def test_words_are_scored_per_word_and_the_content_share_is_colour_plus_shape():
     assert S.content_share(np.zeros(3)) == pytest.approx(2 / 3)
 
 
-def test_evaluate_text_on_a_micro_model(train_scenes):
+def test_evaluate_text_on_a_micro_model(train_scenes, evaluate_scenes):
     torch.manual_seed(0)
     model = CLIP(train_scenes.MICRO).eval()
     scenes = S.evaluation_scenes(2, size=32)
@@ -303,7 +313,7 @@ def test_evaluate_text_on_a_micro_model(train_scenes):
         scene = scenes[r.scene]
         n_negatives = len(S.hard_negatives(scene, obj, "shape")) + len(S.hard_negatives(scene, obj, "colour"))
         assert all(len(v) == n_negatives for v in r.against.values())
-    rows = dict(S.text_summary(results))
+    rows = dict(evaluate_scenes.text_summary(results))
     assert len(rows) == len(S.TEXT_EXPLAINERS) + 2
 
 
@@ -319,18 +329,21 @@ def test_targets_read_the_recommended_rows(train_scenes):
     assert label == "chefer, blocks 2.." and ("chefer, blocks 2..", "chefer", 2) in explainers
     rows = {"wide": {"pointing %: chefer": [80.0] * 3, "pointing %: chefer, all blocks": [93.0] * 3,
                      "zero-shot: comparisons won %": [97.0] * 3},
-            "held-out": {"pointing %: chefer, all blocks": [87.0] * 3, "zero-shot: comparisons won %": [92.0] * 3}}
+            "held-out": {"pointing %: chefer, all blocks": [87.0] * 3,
+                         "zero-shot: comparisons won %": [92.0] * 3}}
     met = dict(script.targets(rows, "chefer, all blocks", "chefer, all text blocks"))
     assert met["pointing with the recommended setting (chefer, all blocks) >= 90 %"]
     assert not met["pointing with the last block only (chefer) >= 85 %"]
     assert not met["held-out world: pointing (recommended) at most 5 points below wide"]  # 87 < 93 - 5
     assert met["held-out world: zero-shot at most 5 points below wide"]  # 92 >= 97 - 5
-    assert not met["words: relevance on colour + shape with the recommended setting (chefer, all text blocks) >= 90 %"]
+    words = "words: relevance on colour + shape with the recommended setting (chefer, all text blocks)"
+    assert not met[f"{words} >= 90 %"]
 
 
 def test_evaluation_script_fails_in_one_line(tmp_path, monkeypatch, capsys):
     script = load_module("evaluate_scenes", ROOT / "scripts" / "evaluate_scenes.py")
-    monkeypatch.setattr(sys, "argv", ["evaluate_scenes.py", "--weights", str(tmp_path / "missing.safetensors")])
+    missing = str(tmp_path / "missing.safetensors")
+    monkeypatch.setattr(sys, "argv", ["evaluate_scenes.py", "--weights", missing])
     assert script.main() == 1
     err = capsys.readouterr().err
     assert "missing.safetensors" in err and "no such file" in err and len(err.strip().splitlines()) == 1
