@@ -273,7 +273,8 @@ def bench_explain(m: Models, repeats: int, starts: tuple[int, ...], long_s: floa
 
 
 def bench_forward(m: Models, repeats: int, texts: int, images: int, long_s: float) -> list[Row]:
-    image, pixels = image_batch(1, m.config, seed=2), image_batch(images, m.config, seed=3)
+    image = image_batch(1, m.config, seed=2)
+    pixels = image_batch(images, m.config, seed=3)
     tokens = full_length_tokens(texts, m.config.context_length)
     pair = {
         "mini_clip": lambda: m.mini(image, tokens)[0],

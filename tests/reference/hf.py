@@ -38,7 +38,8 @@ HF_TOWERS = {"visual.transformer.resblocks": "vision_model.encoder.layers",
 
 def hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OpenAI's state dict in transformers' names; every OpenAI key must be used exactly once."""
-    out, used = {}, set()
+    out = {}
+    used = set()
     for ours, theirs in HF_TOP.items():
         out[theirs] = sd[ours]
         used.add(ours)
