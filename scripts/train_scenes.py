@@ -1,7 +1,7 @@
 """Train the tiny CLIP that ships as mini_clip's default model, on the synthetic world of mini_clip.scenes.
 
-    python scripts/train_scenes.py --out weights/scenes-vit-t8.safetensors            # the shipped recipe
-    python scripts/train_scenes.py --steps 20 --micro --select-every 0 --out /tmp/micro.safetensors   # a smoke run
+    python scripts/train_scenes.py --out weights/scenes-vit-t8.safetensors      # the shipped recipe
+    python scripts/train_scenes.py --steps 20 --micro --select-every 0 --out /tmp/m.safetensors  # a smoke run
 
 Recipe: OpenAI's architecture at 64 px with 8 px patches, OpenAI's tokenizer and normalisation; the
 symmetric contrastive loss with a learnable temperature; batches whose captions come in groups sharing a
@@ -12,7 +12,8 @@ and a cosine schedule. A caption true of several images is a positive for all of
 With --select-every N (250 by default), every N steps of the second half the model is measured on VALIDATION
 scenes (seeds of their own, apart from training's stream and from the evaluation's EVAL_SEED range) and the
 file keeps the step whose Chefer maps point best: pointing peaks before the loss stops falling, and the
-held-out evaluation (scripts/evaluate_scenes.py) then measures the chosen model on scenes the choice never saw.
+held-out evaluation (scripts/evaluate_scenes.py) then measures the chosen model on scenes the choice never
+saw.
 """
 from __future__ import annotations
 
@@ -30,15 +31,24 @@ import numpy as np
 import torch
 
 from mini_clip import CLIP, CLIPConfig, WeightsError, save
-from mini_clip.evaluate import choose_settings, evaluate, evaluation_scenes, summary
 from mini_clip.image import normalize
-from mini_clip.scenes import DEFAULT_WORLD, WORLDS, caption_matches, hard_negatives, sample_scenes
+from mini_clip.scenes import (
+    DEFAULT_WORLD,
+    WORLDS,
+    caption_matches,
+    choose_settings,
+    evaluate,
+    evaluation_scenes,
+    hard_negatives,
+    pointing_rates,
+    sample_scenes,
+)
 from mini_clip.tokenizer import tokenize
 from mini_clip.weights import build, read_checkpoint
 
-SHIPPED = CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=5, vision_width=128, vision_patch_size=8,
-                     context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=4,
-                     transformer_layers=2, vision_heads=4)
+SHIPPED = CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=5, vision_width=128,
+                     vision_patch_size=8, context_length=77, vocab_size=49408, transformer_width=128,
+                     transformer_heads=4, transformer_layers=2, vision_heads=4)
 MICRO = CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
                    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2,
                    transformer_layers=1, vision_heads=2)
@@ -56,7 +66,8 @@ def make_batch(rng: np.random.Generator, batch_size: int, size: int, max_objects
                world: str = DEFAULT_WORLD):
     """Images, texts (the B paired captions, then 2 text-only hard negatives per image) and the (B, texts)
     matrix of which texts are true of which image."""
-    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction=one_colour, world=world)
+    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction=one_colour,
+                                     world=world)
     negatives = []
     for scene in scenes:
         for swap in ("shape", "colour"):
@@ -73,7 +84,8 @@ def contrastive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Tenso
     B = logits.shape[0]
     image_loss = -(matches / matches.sum(1, keepdim=True) * logits.log_softmax(dim=1)).sum(1).mean()
     paired = logits[:, :B].t()  # (B texts, B images)
-    text_loss = -(matches[:, :B].t() / matches[:, :B].t().sum(1, keepdim=True) * paired.log_softmax(dim=1)).sum(1).mean()
+    text_matches = matches[:, :B].t()  # (B texts, B images)
+    text_loss = -(text_matches / text_matches.sum(1, keepdim=True) * paired.log_softmax(dim=1)).sum(1).mean()
     return (image_loss + text_loss) / 2
 
 
@@ -81,12 +93,13 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
           seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None,
           init=None, curriculum: bool = True, select_every: int = 0, select_scenes: int = 100,
           world: str = DEFAULT_WORLD) -> list[float]:
-    """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's loss.
-    With select_every, `out` holds the best-pointing step on the validation scenes (see the module docstring)."""
+    """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's
+    loss. With select_every, `out` holds the best-pointing step on the validation scenes (see the module
+    docstring)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    settings = dict(steps=0, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed, one_colour_fraction=one_colour,
-                    continued_from=None, world=world,
+    settings = dict(steps=0, planned_steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                    one_colour_fraction=one_colour, continued_from=None, world=world,
                     data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
                     loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
     if init is None:
@@ -94,21 +107,24 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
     else:  # its weights, its architecture, and the settings that trained it (kept in the new file's metadata)
         sd, init_config, metadata = read_checkpoint(init)
         model = build(sd, init_config, str(init))
-        config, settings["continued_from"] = model.config, json.loads(metadata.get("training", "null"))
+        config = model.config
+        settings["continued_from"] = json.loads(metadata.get("training", "null"))
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / steps))))
-    losses, start = [], time.time()
+    losses = []
+    start = time.time()
     validation = (evaluation_scenes(select_scenes, VALIDATION_SEED, config.image_resolution, world)
                   if select_every else [])
     best = -1.0
     for step in range(steps):
         max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps))) if curriculum else 4  # 1 -> 4 objects
-        images, tokens, matches = make_batch(rng, batch_size, config.image_resolution, max_objects, one_colour, world)
+        R = config.image_resolution
+        images, tokens, matches = make_batch(rng, batch_size, R, max_objects, one_colour, world)
         logits_per_image, _ = model(images, tokens)
         loss = contrastive_loss(logits_per_image, matches)
         opt.zero_grad(set_to_none=True)
@@ -127,11 +143,13 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
         if select_every and done >= steps // 2 and (done % select_every == 0 or done == steps):
             scores = validation_pointing(model, validation)
             improved = sum(scores.values()) > best
-            print(f"step {done:6d}  validation pointing " + "  ".join(f"{k} {v:.1f}" for k, v in scores.items()) +
-                  ("  (best so far)" if improved else ""), flush=True)
+            pointing = "  ".join(f"{k} {v:.1f}" for k, v in scores.items())
+            best_so_far = "  (best so far)" if improved else ""
+            print(f"step {done:6d}  validation pointing {pointing}{best_so_far}", flush=True)
             if improved:
                 best = sum(scores.values())
-                selected_by = dict(validation_pointing=scores, scenes=f"evaluation_scenes(seed={VALIDATION_SEED})")
+                selected_by = dict(validation_pointing=scores,
+                                   scenes=f"evaluation_scenes(seed={VALIDATION_SEED})")
                 if out:
                     _save(model, out, dict(settings, steps=done, selected_by=selected_by))
         elif out and not select_every and checkpoint and (done % checkpoint == 0 or done == steps):
@@ -143,13 +161,13 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
 
 def recommend(path, world: str = DEFAULT_WORLD, scenes: int = 100) -> dict:
     """Choose the explanation settings of the model in `path` on validation scenes (never the evaluation's)
-    and write them into the file's metadata (see mini_clip.evaluate.choose_settings); returns them."""
+    and write them into the file's metadata (see mini_clip.scenes.choose_settings); returns them."""
     sd, config, metadata = read_checkpoint(path)
     model = build(sd, config, str(path))
     validation = evaluation_scenes(scenes, VALIDATION_SEED, config.image_resolution, world)
     model.recommended = choose_settings(model, validation)
-    print(f"recommended explanation settings (on {scenes} validation scenes of {world!r}): {model.recommended}",
-          flush=True)
+    print(f"recommended explanation settings (on {scenes} validation scenes of {world!r}): "
+          f"{model.recommended}", flush=True)
     save(model.half(), path, {k: v for k, v in metadata.items() if k == "training"})  # fp16 again: exact
     return model.recommended
 
@@ -157,9 +175,9 @@ def recommend(path, world: str = DEFAULT_WORLD, scenes: int = 100) -> dict:
 def validation_pointing(model: CLIP, scenes) -> dict[str, float]:
     """Pointing % of each SELECTED_BY map on the validation scenes (the model is left in training mode)."""
     model.eval()
-    rows = dict(summary(evaluate(model, scenes, SELECTED_BY, deletion_intervals=None)))
+    rates = pointing_rates(evaluate(model, scenes, SELECTED_BY, deletion_intervals=None))
     model.train()
-    return {label: rows[f"pointing %: {label}"][0] for label, _, _ in SELECTED_BY}
+    return {label: rates[label] for label, _, _ in SELECTED_BY}
 
 
 def _save(model: CLIP, out, settings: dict) -> None:
@@ -177,7 +195,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--checkpoint", type=int, default=1000, help="save every N steps (without --select-every)")
     p.add_argument("--select-every", type=int, default=250, help="in the second half, measure pointing on "
-                   "validation scenes every N steps and keep the best (0: keep the last step, saved every --checkpoint)")
+                   "validation scenes every N steps and keep the best (0: keep the last step, saved every "
+                   "--checkpoint)")
     p.add_argument("--select-scenes", type=int, default=100, help="validation scenes for --select-every")
     p.add_argument("--micro", action="store_true", help="a micro model for smoke runs")
     p.add_argument("--vision-layers", type=int, default=SHIPPED.vision_layers, help="image tower depth")
@@ -201,9 +220,9 @@ def main() -> int:
             recommend(args.out, args.world, args.select_scenes)
             return 0
         train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
-              seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out, init=args.init,
-              curriculum=args.init is None, select_every=args.select_every, select_scenes=args.select_scenes,
-              world=args.world)
+              seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out,
+              init=args.init, curriculum=args.init is None, select_every=args.select_every,
+              select_scenes=args.select_scenes, world=args.world)
     except (WeightsError, OSError, ValueError) as e:
         if args.debug:
             raise
@@ -215,17 +234,20 @@ def main() -> int:
 def bad_flag(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags, checked before an hour of training rather than at its first save."""
     out = Path(args.out).resolve()
-    for ok, why in ((args.steps >= 1, f"--steps is {args.steps}; need at least 1"),
-                    (args.batch_size >= 2, f"--batch-size is {args.batch_size}; need at least 2 (a contrastive batch)"),
-                    (args.lr > 0, f"--lr is {args.lr}; need a positive learning rate"),
-                    (args.threads >= 0, f"--threads is {args.threads}; need 0 (torch's default) or more"),
-                    (args.checkpoint >= 0, f"--checkpoint is {args.checkpoint}; need 0 (only at the end) or more"),
-                    (args.select_every >= 0, f"--select-every is {args.select_every}; need 0 (off) or more"),
-                    (args.select_scenes >= 2, f"--select-scenes is {args.select_scenes}; need at least 2"),
-                    (args.vision_layers >= 1, f"--vision-layers is {args.vision_layers}; need at least 1"),
-                    (0 <= args.one_colour <= 1, f"--one-colour is {args.one_colour}; need a fraction from 0 to 1"),
-                    (out.parent.is_dir() and os.access(out.parent, os.W_OK),
-                     f"--out {args.out}: its folder {out.parent} is missing or not writable")):
+    checks = (
+        (args.steps >= 1, f"--steps is {args.steps}; need at least 1"),
+        (args.batch_size >= 2, f"--batch-size is {args.batch_size}; need at least 2 (a contrastive batch)"),
+        (args.lr > 0, f"--lr is {args.lr}; need a positive learning rate"),
+        (args.threads >= 0, f"--threads is {args.threads}; need 0 (torch's default) or more"),
+        (args.checkpoint >= 0, f"--checkpoint is {args.checkpoint}; need 0 (only at the end) or more"),
+        (args.select_every >= 0, f"--select-every is {args.select_every}; need 0 (off) or more"),
+        (args.select_scenes >= 2, f"--select-scenes is {args.select_scenes}; need at least 2"),
+        (args.vision_layers >= 1, f"--vision-layers is {args.vision_layers}; need at least 1"),
+        (0 <= args.one_colour <= 1, f"--one-colour is {args.one_colour}; need a fraction from 0 to 1"),
+        (out.parent.is_dir() and os.access(out.parent, os.W_OK),
+         f"--out {args.out}: its folder {out.parent} is missing or not writable"),
+    )
+    for ok, why in checks:
         if not ok:
             return why
     return None

@@ -1,4 +1,5 @@
-"""scripts/bench.py --quick runs end to end: every section, the cross-checks between implementations, the table.
+"""scripts/bench.py --quick runs end to end: every section, the cross-checks between implementations, the
+table.
 
 No timing is asserted: the numbers depend on the machine. The benchmark itself exits non-zero when two
 implementations disagree on the numbers it times (logits, relevance maps, token ids).
@@ -11,18 +12,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ("what", "mini_clip", "reference", "ratio", "target", "met?")
-# The script run as __main__ after the tests' torchvision workaround (reference.py): where open-clip-torch
-# (a test dependency) has installed torchvision, transformers imports it, and it does not import beside CPU torch.
-RUN_WITH_TORCHVISION = (f"import runpy, sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import reference; "
-                        "reference.import_torchvision_beside_cpu_torch(); sys.argv = sys.argv[1:]; "
-                        "runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 @pytest.mark.slow
 def test_bench_quick(openai_clip_dir):
     pytest.importorskip("transformers")
-    out = subprocess.run([sys.executable, "-c", RUN_WITH_TORCHVISION, str(ROOT / "scripts" / "bench.py"), "--quick",
-                          "--openai-dir", str(openai_clip_dir)],
+    # Run as a user runs it: the script puts tests/ on its path for the references and imports torchvision
+    # beside CPU torch itself (reference.import_torchvision_beside_cpu_torch).
+    bench = str(ROOT / "scripts" / "bench.py")
+    out = subprocess.run([sys.executable, bench, "--quick", "--openai-dir", str(openai_clip_dir)],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -31,8 +29,8 @@ def test_bench_quick(openai_clip_dir):
     assert header is not None, out.stdout
     assert [cell.strip() for cell in header.strip("|").split("|")] == list(HEADER)
     table = [line for line in lines if line.startswith("| ") and line != header]
-    for section in ("explain ViT-B/32", "forward ViT-B/32", "encode_image ViT-B/32", "tokenize 2,000 captions",
-                    "load B/32", "peak extra RSS"):
+    for section in ("explain ViT-B/32", "forward ViT-B/32", "encode_image ViT-B/32",
+                    "tokenize 2,000 captions", "load B/32", "peak extra RSS"):
         assert any(section in row for row in table), f"no row for {section!r}:\n{out.stdout}"
     for row in table:  # every row complete: a figure for mini_clip, the reference, a ratio
         cells = [cell.strip() for cell in row.strip("|").split("|")]

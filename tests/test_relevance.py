@@ -1,8 +1,9 @@
 """mini_clip.relevance against independent implementations of Chefer et al.'s method and its baselines.
 
-Two references, both written here from the authors' CLIP notebook (`interpret`), never from mini_clip:
+Two references, both written from the authors' CLIP notebook (`interpret`), never from mini_clip
+(tests/reference/chefer.py):
 1. transformers' `CLIPModel` (eager attention, `output_attentions=True`) holding the same random weights,
-   mapped from OpenAI's names by this file's own table;
+   mapped from OpenAI's names by the references' own table (tests/reference/hf.py);
 2. OpenAI's own `clip/model.py` with its attention written out so that each block keeps `attn_probs`, as the
    authors' notebook modified OpenAI's code.
 Both repeat the image once per text, sum the diagonal logits into one score and call `torch.autograd.grad`
@@ -13,24 +14,28 @@ hidden states. mini_clip only ever provides the value under test.
 from __future__ import annotations
 
 import copy
-import types
 from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.functional as F
 import transformers
+from reference import EOT, SOT, full_length_tokens, max_rel_diff, openai_clip, random_tokens, tolerance
+from reference.chefer import (
+    chefer_literal,  # noqa: F401 (test_zoo.py imports it from here)
+    hf_interpret,
+    openai_interpret,
+    openai_keeping_probs,
+    rollout,
+)
+from reference.hf import hf_clip
 
 from mini_clip import relevance
 from mini_clip.weights import build
-from reference import max_rel_diff, openai_clip, random_tokens, tolerance
-
-SOT, EOT = 49406, 49407  # OpenAI's start and end of text; EOT is the largest id
 
 # (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab, text_width, text_heads,
 #  text_layers): patch 16 -> 4x4 grid, patch 32 -> 3x3 grid; 2-3 heads (so clamp-before-mean matters) and
 # 3-4 blocks per tower (so -1, 0 and a middle start layer all differ). Heads are width // 64 in both towers,
-# OpenAI's rule, which the transformers config below repeats.
+# OpenAI's rule, which the transformers reference (tests/reference/hf.py) repeats.
 SHAPES = {
     "patch16": (64, 64, 4, 128, 16, 77, 49408, 128, 2, 3),
     "patch32": (48, 96, 3, 192, 32, 77, 49408, 128, 2, 4),
@@ -48,10 +53,14 @@ TOL = tolerance(torch.float32, WIDEST, 3 * BLOCKS)
 WORST: dict[str, float] = {}
 
 
-def check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float = TOL, scale: float | None = None) -> None:
+def check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float = TOL,
+          scale: float | None = None) -> None:
     """max_rel_diff(got, want) < tol, or max |got - want| / scale < tol where a scale is given."""
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-    diff = max_rel_diff(got, want) if scale is None else float((got.double() - want.double()).abs().max() / scale)
+    if scale is None:
+        diff = max_rel_diff(got, want)
+    else:
+        diff = float((got.double() - want.double()).abs().max() / scale)
     WORST[name] = max(WORST.get(name, 0.0), diff)
     assert diff < tol, f"{name}: max_rel_diff {diff:.3e} >= {tol:.2e}"
 
@@ -76,149 +85,7 @@ def one_thread_then_report(request):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Reference 1: transformers' CLIPModel with OpenAI's weights, mapped by this file's own table.
-
-HF_TOP = {  # OpenAI key -> transformers key, outside the blocks
-    "logit_scale": "logit_scale",
-    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-    "positional_embedding": "text_model.embeddings.position_embedding.weight",
-    "ln_final.weight": "text_model.final_layer_norm.weight",
-    "ln_final.bias": "text_model.final_layer_norm.bias",
-    "visual.class_embedding": "vision_model.embeddings.class_embedding",
-    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
-    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
-    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
-}
-HF_PROJECTIONS = {"text_projection": "text_projection.weight", "visual.proj": "visual_projection.weight"}
-HF_BLOCK = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
-            "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-HF_TOWERS = {"visual.transformer.resblocks": "vision_model.encoder.layers",
-             "transformer.resblocks": "text_model.encoder.layers"}
-
-
-def hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """OpenAI's state dict in transformers' names; every OpenAI key must be used exactly once."""
-    out, used = {}, set()
-    for ours, theirs in HF_TOP.items():
-        out[theirs] = sd[ours]
-        used.add(ours)
-    for ours, theirs in HF_PROJECTIONS.items():  # x @ W (in, out) in OpenAI; nn.Linear (out, in) in transformers
-        out[theirs] = sd[ours].t()
-        used.add(ours)
-    for ours, theirs in HF_TOWERS.items():
-        layers = len({k[len(ours) + 1:].split(".")[0] for k in sd if k.startswith(ours + ".")})
-        for i in range(layers):
-            o, h = f"{ours}.{i}.", f"{theirs}.{i}."
-            for p in ("weight", "bias"):
-                q, k, v = sd[o + f"attn.in_proj_{p}"].chunk(3)  # fused rows: q, k, v
-                out[h + f"self_attn.q_proj.{p}"], out[h + f"self_attn.k_proj.{p}"] = q, k
-                out[h + f"self_attn.v_proj.{p}"] = v
-                used.add(o + f"attn.in_proj_{p}")
-                for a, b in HF_BLOCK.items():
-                    out[h + f"{b}.{p}"] = sd[o + f"{a}.{p}"]
-                    used.add(o + f"{a}.{p}")
-    assert used == set(sd), f"OpenAI keys not mapped: {sorted(set(sd) - used)}"
-    return out
-
-
-def hf_clip(openai_clip_model: torch.nn.Module, shape) -> transformers.CLIPModel:
-    (embed, resolution, vlayers, vwidth, patch, context, vocab, twidth, _, tlayers) = shape
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=twidth, intermediate_size=4 * twidth,
-                         num_hidden_layers=tlayers, num_attention_heads=twidth // 64,
-                         max_position_embeddings=context, hidden_act="quick_gelu",
-                         bos_token_id=SOT, eos_token_id=EOT, pad_token_id=0),
-        vision_config=dict(hidden_size=vwidth, intermediate_size=4 * vwidth, num_hidden_layers=vlayers,
-                           num_attention_heads=vwidth // 64, image_size=resolution, patch_size=patch,
-                           hidden_act="quick_gelu"),
-        projection_dim=embed, attn_implementation="eager")
-    hf = transformers.CLIPModel(config).eval()
-    assert hf.vision_model.config._attn_implementation == hf.text_model.config._attn_implementation == "eager"
-    # strict: the only transformers tensors not in the state dict are the position_ids buffers, which are
-    # not persistent in transformers 5 and so are not expected either
-    hf.load_state_dict(hf_state_dict(openai_clip_model.state_dict()), strict=True)
-    return hf
-
-
-def chefer_literal(score: torch.Tensor, attentions, start_layer: int, signed: bool = False,
-                   absolute: bool = False) -> torch.Tensor:
-    """The authors' notebook, one tower: R = I; for each block i >= start (-1: the last block only),
-    grad = d score / d A_i; cam = mean over heads of clamp(grad * A_i, min=0); R = R + cam @ R.
-    signed=True drops the clamp (the variant mini_clip offers beyond the original). absolute=True takes
-    |grad * A_i| instead: the same sums without cancellation, the scale of signed R's rounding errors."""
-    if start_layer == -1:
-        start_layer = len(attentions) - 1
-    batch, _, tokens, _ = attentions[0].shape
-    R = torch.eye(tokens, dtype=attentions[0].dtype).unsqueeze(0).expand(batch, tokens, tokens)
-    for i, A in enumerate(attentions):
-        if i < start_layer:
-            continue
-        grad = torch.autograd.grad(score, [A], retain_graph=True)[0]
-        cam = grad * A.detach()
-        cam = (cam.abs() if absolute else cam if signed else cam.clamp(min=0)).mean(dim=1)  # (batch, T, T)
-        R = R + torch.bmm(cam, R)
-    return R.detach()
-
-
-def hf_interpret(hf, image, tokens, start_layer=-1, start_layer_text=-1, signed=False, absolute=False):
-    """One image (3, R, R) and N texts: (logits (N,), R_image (N, T, T), R_text (N, ctx, ctx))."""
-    n = tokens.shape[0]
-    with torch.enable_grad():
-        out = hf(input_ids=tokens, pixel_values=image.unsqueeze(0).repeat(n, 1, 1, 1), output_attentions=True)
-        score = out.logits_per_image.diagonal().sum()  # copy j of the image is paired with text j only
-        R_image = chefer_literal(score, out.vision_model_output.attentions, start_layer, signed, absolute)
-        R_text = chefer_literal(score, out.text_model_output.attentions, start_layer_text, signed, absolute)
-    return out.logits_per_image[0].detach(), R_image, R_text
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reference 2: OpenAI's model.py whose blocks keep their attention probabilities, as the notebook's copy did.
-
-def attention_keeping_probs(self, x: torch.Tensor) -> torch.Tensor:
-    """OpenAI's ResidualAttentionBlock.attention, multi-head attention written out; x is (T, B, C)."""
-    T, B, C = x.shape
-    heads = self.attn.num_heads
-    hs = C // heads
-    q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)  # (T, B, C) each
-    q, k, v = (t.reshape(T, B * heads, hs).transpose(0, 1) for t in (q, k, v))  # (B*nh, T, hs), torch MHA's order
-    scores = (q * hs ** -0.5) @ k.transpose(1, 2)  # (B*nh, T, T)
-    if self.attn_mask is not None:  # OpenAI's text mask: 0 on and below the diagonal, -inf above
-        scores = scores + self.attn_mask.to(scores.dtype)
-    self.attn_probs = scores.softmax(dim=-1).view(B, heads, T, T)  # the tensor used below, so in the graph
-    y = (self.attn_probs.view(B * heads, T, T) @ v).transpose(0, 1).reshape(T, B, C)
-    return self.attn.out_proj(y)
-
-
-def openai_keeping_probs(openai_clip_model: torch.nn.Module) -> torch.nn.Module:
-    patched = copy.deepcopy(openai_clip_model)
-    for block in [*patched.visual.transformer.resblocks, *patched.transformer.resblocks]:
-        block.attention = types.MethodType(attention_keeping_probs, block)
-    return patched
-
-
-def openai_interpret(patched, image, tokens, start_layer=-1, start_layer_text=-1):
-    n = tokens.shape[0]
-    with torch.enable_grad():
-        logits_per_image, _ = patched(image.unsqueeze(0).repeat(n, 1, 1, 1), tokens)
-        score = logits_per_image.diagonal().sum()
-        R_image = chefer_literal(score, [b.attn_probs for b in patched.visual.transformer.resblocks], start_layer)
-        R_text = chefer_literal(score, [b.attn_probs for b in patched.transformer.resblocks], start_layer_text)
-    return logits_per_image[0].detach(), R_image, R_text
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Fixtures
-
-def full_length_row(context: int, seed: int) -> torch.Tensor:
-    """Start, context-2 random ids, end-of-text in the last position: no padding to cut."""
-    g = torch.Generator().manual_seed(seed)
-    row = torch.randint(1, SOT, (context,), generator=g)
-    row[0], row[-1] = SOT, EOT
-    return row
-
 
 @dataclass
 class Case:
@@ -248,10 +115,11 @@ def cases(openai_model) -> dict[str, Case]:
         images = torch.randn(2, 3, shape[1], shape[1], generator=g)
         tokens = torch.cat([random_tokens(2, 77, seed=index, max_len=12),
                             random_tokens(1, 77, seed=50 + index, max_len=1),
-                            full_length_row(77, seed=index)[None]])
+                            full_length_tokens(1, 77, seed=index)])
         eot = tokens.argmax(-1)
         assert len(set(eot.tolist())) == len(eot) and int(eot.min()) == 2 and int(eot.max()) == 76
-        out[name] = Case(name, shape, ref, hf_clip(ref, shape), build(ref.state_dict()), images, tokens)
+        out[name] = Case(name, shape, ref, hf_clip(ref.state_dict(), shape), build(ref.state_dict()), images,
+                         tokens)
     return out
 
 
@@ -352,7 +220,8 @@ def test_chefer_equals_transformers_notebook(case):
             logits, R_image, R_text = hf_interpret(case.hf, image, case.tokens, start, start_text)
             # the reference explains something: relevance beyond the identity in both towers
             eye_img, eye_txt = torch.eye(R_image.shape[-1]), torch.eye(R_text.shape[-1])
-            assert float((R_image - eye_img).abs().max()) > 1e-3 and float((R_text - eye_txt).abs().max()) > 1e-3
+            assert float((R_image - eye_img).abs().max()) > 1e-3
+            assert float((R_text - eye_txt).abs().max()) > 1e-3
             assert_chefer_equal("transformers", rel, i, logits, R_image, R_text, case.tokens, case.grid)
 
 
@@ -433,6 +302,7 @@ def test_no_grad_flags_or_mode_change(small):
     model = copy.deepcopy(small.model)
     model.visual.ln_post.weight.requires_grad_(False)  # a mix of frozen and trainable parameters
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before = None  # the eval pass's result, which the train pass must equal
     for training in (False, True):
         model.train(training)
         rel = relevance(model, small.images, small.tokens, start_layer=0, start_layer_text=0)
@@ -483,11 +353,12 @@ def test_signed_equals_unclamped_notebook(case):
                         signed=True)
         assert rel.signed is True
         for i, image in enumerate(case.images):
-            logits, R_image, R_text = hf_interpret(case.hf, image, case.tokens, start, start_text, signed=True)
+            logits, R_image, R_text = hf_interpret(case.hf, image, case.tokens, start, start_text,
+                                                   signed=True)
             # positive and negative terms cancel: errors are relative to the sums of their absolute values
             _, S_image, S_text = hf_interpret(case.hf, image, case.tokens, start, start_text, absolute=True)
-            assert_chefer_equal("transformers signed", rel, i, logits, R_image, R_text, case.tokens, case.grid,
-                                scales=(S_image, S_text))
+            assert_chefer_equal("transformers signed", rel, i, logits, R_image, R_text, case.tokens,
+                                case.grid, scales=(S_image, S_text))
         if start == 0:  # negative evidence survives on a random model, in both towers
             assert float(rel.image.min()) < 0 and float(rel.image_matrix.min()) < 0
             assert float(torch.cat([t.flatten() for t in rel.text]).min()) < 0
@@ -522,20 +393,6 @@ def test_attention_baseline(case, start):
         check("attention: text scores", rel.text[j], A_txt[j, e, 1:e].expand(B, e - 1))
     check("attention: logits", rel.logits, out.logits_per_image)
     assert rel.text_matrix is None and rel.method == "attention"
-
-
-def rollout(attentions, start: int = 0) -> torch.Tensor:
-    """Abnar & Zuidema 2020: A' = 0.5 I + 0.5 mean_h A per block, rows renormalised to sum to 1,
-    R = A'_last @ ... @ A'_start (as `compute_rollout_attention` in Chefer et al.'s code)."""
-    hats = []
-    for A in attentions[start:]:
-        A = A.mean(dim=1)
-        A = 0.5 * torch.eye(A.shape[-1]) + 0.5 * A
-        hats.append(A / A.sum(dim=-1, keepdim=True))
-    joint = hats[0]
-    for A in hats[1:]:
-        joint = torch.bmm(A, joint)
-    return joint
 
 
 @pytest.mark.parametrize("start", [None, 1, -1])
@@ -595,7 +452,8 @@ def test_start_layer_out_of_range(small, method):
     for bad in (vblocks, -vblocks - 1):
         with pytest.raises(ValueError, match=rf"start_layer {bad} .*{vblocks} blocks.*0 \.\. {vblocks - 1}"):
             relevance(small.model, small.images, small.tokens, start_layer=bad, method=method)
-    with pytest.raises(ValueError, match=rf"start_layer_text {tblocks} .*{tblocks} blocks.*0 \.\. {tblocks - 1}"):
+    text_range = rf"start_layer_text {tblocks} .*{tblocks} blocks.*0 \.\. {tblocks - 1}"
+    with pytest.raises(ValueError, match=text_range):
         relevance(small.model, small.images, small.tokens, start_layer_text=tblocks, method=method)
 
 
@@ -702,5 +560,6 @@ def test_tokens_without_end_of_text_are_refused(small):
 
 def test_wrong_image_size_names_the_expected_size(small):
     size = small.model.visual.input_resolution
-    with pytest.raises(ValueError, match=f"\\(B, 3, {size}, {size}\\).*got \\(1, 3, {size + 32}, {size + 32}\\)"):
+    expected = f"\\(B, 3, {size}, {size}\\).*got \\(1, 3, {size + 32}, {size + 32}\\)"
+    with pytest.raises(ValueError, match=expected):
         relevance(small.model, torch.zeros(1, 3, size + 32, size + 32), small.tokens)

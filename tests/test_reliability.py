@@ -47,7 +47,8 @@ def picture(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     rgb = np.stack([255 * xx // max(1, width), 255 * yy // max(1, height), 96 + 0 * xx], -1)
     rgb = np.clip(rgb + rng.integers(-20, 21, rgb.shape), 0, 255).astype(np.uint8)
     image = Image.fromarray(rgb)
-    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=(230, 40, 40))
+    box = (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
+    ImageDraw.Draw(image).ellipse(box, fill=(230, 40, 40))
     return image
 
 
@@ -130,7 +131,8 @@ def test_odd_modes_load_as_rgb(tmp_path):
         grey16 = Image.fromarray(np.full((20, 30), 32896, dtype=np.uint16))  # 32896 = 128 * 257
         grey16.save(tmp_path / "sixteen.png")
         sixteen = load_image(tmp_path / "sixteen.png")
-        assert sixteen.mode == "RGB" and np.asarray(sixteen)[0, 0].tolist() == [128, 128, 128]  # scaled, not clipped
+        # scaled, not clipped
+        assert sixteen.mode == "RGB" and np.asarray(sixteen)[0, 0].tolist() == [128, 128, 128]
 
         Image.new("CMYK", (30, 20), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
         cmyk = load_image(tmp_path / "cmyk.jpg")
@@ -158,7 +160,8 @@ def test_slivers_preprocess_quickly(tmp_path, width, height):
 
 
 def resize_then_crop(image: Image.Image, size: int) -> np.ndarray:
-    """OpenAI's Resize(size) + CenterCrop(size) as plainly as it can be written (from torchvision's formulas)."""
+    """OpenAI's Resize(size) + CenterCrop(size) as plainly as it can be written (from torchvision's
+    formulas)."""
     w, h = image.size
     short, long = min(w, h), max(w, h)
     rw, rh = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
@@ -173,9 +176,9 @@ def crop_of(image: Image.Image, size: int) -> np.ndarray:
 # width, height, size: both orientations, up- and downscaling, both pass orders of Pillow 13 (height shrinking
 # by more than twice the width's loss goes vertical-first), crop offsets on .5, slivers
 SHAPES = [(37, 53, 16), (53, 37, 16), (101, 77, 56), (640, 480, 224), (480, 640, 224), (74, 392, 56),
-          (63, 175, 56), (217, 268, 224), (300, 240, 224), (220, 3, 16), (3, 220, 16), (1, 40, 16), (40, 1, 16),
-          (19, 16, 16), (16, 21, 16), (352, 9, 100), (9, 352, 100), (116, 67, 224), (2, 3000, 16), (3000, 2, 16),
-          (250, 1000, 32), (1000, 250, 32)]
+          (63, 175, 56), (217, 268, 224), (300, 240, 224), (220, 3, 16), (3, 220, 16), (1, 40, 16),
+          (40, 1, 16), (19, 16, 16), (16, 21, 16), (352, 9, 100), (9, 352, 100), (116, 67, 224),
+          (2, 3000, 16), (3000, 2, 16), (250, 1000, 32), (1000, 250, 32)]
 
 
 def test_ordinary_images_are_resized_in_full_exactly_as_before():
@@ -385,8 +388,8 @@ def test_nan_weights_are_refused_at_explanation_time(nan_weights):
 
 def explain(*args, timeout=120, **kwargs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model: threads only add overhead
-    return subprocess.Popen([sys.executable, "-m", "mini_clip.explain", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "mini_clip.explain", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
 def test_nan_weights_make_the_cli_exit_1_with_one_line(tmp_path, nan_weights):

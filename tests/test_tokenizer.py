@@ -1,7 +1,7 @@
 """mini_clip's tokenizer against OpenAI's original (`simple_tokenizer.py` + `clip.tokenize`).
 
-Every expected value comes from OpenAI's code, loaded by file path (see conftest.py); `openai_tokenize`
-restates `clip.tokenize` from clip/clip.py, whose package cannot be imported here (torchvision).
+Every expected value comes from OpenAI's code, loaded by file path (see tests/reference/openai.py, which
+restates `clip.tokenize` from clip/clip.py as `openai_tokenize`: its package cannot be imported here).
 """
 import functools
 import random
@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference.openai import openai_tokenize
 
 from mini_clip import tokenizer as tk
 
@@ -23,25 +24,6 @@ def ref(openai_tokenizer):
 @pytest.fixture(scope="module")
 def ours():
     return tk.default_tokenizer()
-
-
-def openai_tokenize(tokenizer, texts, context_length=77, truncate=False):
-    """OpenAI's `clip.tokenize` (clip/clip.py, torch >= 1.8 branch), with its SimpleTokenizer passed in."""
-    if isinstance(texts, str):
-        texts = [texts]
-    sot_token = tokenizer.encoder["<|startoftext|>"]
-    eot_token = tokenizer.encoder["<|endoftext|>"]
-    all_tokens = [[sot_token] + tokenizer.encode(text) + [eot_token] for text in texts]
-    result = torch.zeros(len(all_tokens), context_length, dtype=torch.int)
-    for i, tokens in enumerate(all_tokens):
-        if len(tokens) > context_length:
-            if truncate:
-                tokens = tokens[:context_length]
-                tokens[-1] = eot_token
-            else:
-                raise RuntimeError(f"Input {texts[i]} is too long for context length {context_length}")
-        result[i, :len(tokens)] = torch.tensor(tokens)
-    return result
 
 
 HARD = [
@@ -59,7 +41,8 @@ HARD = [
     "cafÃ©", "The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.", "Ãºnico", "naïve café résumé Zürich",
     "e\u0301 a\u0300 n\u0303", "Z̷̧͎a̸l̴g̵o̶", "İstanbul ß ẞ ǅ ﬃ",
     # CJK, RTL, Indic, Thai
-    "日本語のテキスト", "中文字符和标点。", "한국어 문장입니다", "مرحبا بالعالم", "שלום עולם", "नमस्ते दुनिया", "สวัสดีครับ",
+    "日本語のテキスト", "中文字符和标点。", "한국어 문장입니다", "مرحبا بالعالم", "שלום עולם",
+    "नमस्ते दुनिया", "สวัสดีครับ",
     "English עברית mixed العربية 123",
     # emoji: skin tones, ZWJ sequences, flags, keycaps, variation selectors
     "😀", "👍🏽👍🏿", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🇯🇵🇫🇷🇺🇸", "1️⃣ #️⃣", "❤️ vs ❤", "a🐱b🐶c",
@@ -188,7 +171,8 @@ def test_token_labels(ref):
         pieces = [ref.decoder[i].replace("</w>", "") for i in row[1:eot].tolist()]
         expected = [bytes(ref.byte_decoder[c] for c in p).decode(errors="replace") for p in pieces]
         assert tk.token_labels(row) == expected, repr(text)
-    assert tk.token_labels(tk.tokenize("日本語")[0]) == ["日", "本", "\ufffd", "\ufffd"]  # 語: 3 bytes, 2 pieces
+    # 語: 3 bytes, 2 pieces
+    assert tk.token_labels(tk.tokenize("日本語")[0]) == ["日", "本", "\ufffd", "\ufffd"]
     with pytest.raises(ValueError, match="starting with 49406"):
         tk.token_labels([1, 2, 3])
 

@@ -1,19 +1,19 @@
 """A seeded synthetic world of flat coloured shapes, with a ground-truth mask for every object.
 
-It is (1) training data for the tiny CLIP that ships as mini_clip's default model (`sample_batch` puts hard
-negatives such as "a red star" / "a red circle" / "a blue star" in one batch) and (2) ground truth for
-explanations: an object's `mask` says where "a red star" is, so a relevance map can be scored by the
+It is (1) training data for the tiny CLIP that ships as mini_clip's default model (`captions.sample_batch`
+puts hard negatives such as "a red star" / "a red circle" / "a blue star" in one batch) and (2) ground truth
+for explanations: an object's `mask` says where "a red star" is, so a relevance map can be scored by the
 pointing game (does its arg-max cell lie on the mask?).
 
 A scene holds 1-4 non-overlapping shapes on a background drawn by its `World` (WORLDS): "wide" (the default
 and the training world: solid, gradient, noisy and cloudy backgrounds from black to mid-grey, objects 10-40 %
 of the side), "held-out" (stripes and checkerboards training never sees, to measure generalisation) and
 "dark" (the first embedded model's narrower world: dark backgrounds, objects 15-35 %). Shapes are drawn at
-SUPERSAMPLE times the output resolution and box-filtered down, so edges are anti-aliased. The coverage of a pixel is the
-fraction of it the shape covers; the pixel is `background * (1 - coverage) + colour * coverage`, and the
-object's mask is `coverage >= 0.5`. Pixels of partial coverage below 0.5 lie on the mask's border (within
-two pixels of it), and every other pixel outside all masks is pure background. Objects keep MARGIN pixels
-of pure background between their partially covered borders, so no pixel mixes two objects.
+SUPERSAMPLE times the output resolution and box-filtered down, so edges are anti-aliased. The coverage of a
+pixel is the fraction of it the shape covers; the pixel is `background * (1 - coverage) + colour * coverage`,
+and the object's mask is `coverage >= 0.5`. Pixels of partial coverage below 0.5 lie on the mask's border
+(within two pixels of it), and every other pixel outside all masks is pure background. Objects keep MARGIN
+pixels of pure background between their partially covered borders, so no pixel mixes two objects.
 
 Everything is drawn from a `numpy.random.Generator`, so a seed fixes pixels, masks and captions.
 """
@@ -67,13 +67,15 @@ WORLDS: dict[str, World] = {
 }
 DEFAULT_WORLD = "wide"
 BACKGROUNDS: tuple[str, ...] = tuple(dict.fromkeys(k for w in WORLDS.values() for k in w.backgrounds))
-BRIGHTNESS_JITTER = (0.85, 1.0)  # an object's RGB is scaled by one factor from this range: varied, unambiguous
+# an object's RGB is scaled by one factor from this range: varied, unambiguous
+BRIGHTNESS_JITTER = (0.85, 1.0)
 MAX_OBJECTS = 4
 MIN_SIZE = 32  # smallest image side: at 0.10 * 32 = 3.2 px a shape still covers whole pixels
 SUPERSAMPLE = 4  # draw at 4x and box-filter down: 17 coverage levels per pixel
 MARGIN = 1  # pixels of pure background kept between any two objects
 PLACEMENT_TRIES = 30  # random placements tried per object before the scene settles for fewer objects
-STAR_INNER = 0.45  # inner / outer radius of the 5-point star; fatter than the regular 0.38 to stay legible small
+# inner / outer radius of the 5-point star; fatter than the regular 0.38 to stay legible small
+STAR_INNER = 0.45
 # Where the first vertex sits (radians, image y points down): triangle and star point up, the square is
 # axis-aligned and the hexagon has a flat top at angle 0.
 _FIRST_VERTEX = {"square": math.pi / 4, "triangle": -math.pi / 2, "star": -math.pi / 2, "hexagon": 0.0}
@@ -128,14 +130,16 @@ def _outline(shape: str, angle: float) -> np.ndarray:
     return np.stack([radius * np.cos(theta), radius * np.sin(theta)], axis=1)
 
 
-def _coverage(shape: str, centre: tuple[float, float], diameter: float, angle: float, size: int) -> np.ndarray:
+def _coverage(shape: str, centre: tuple[float, float], diameter: float, angle: float,
+              size: int) -> np.ndarray:
     """Fraction of each output pixel that the shape covers: (size, size) float32 in [0, 1]."""
     s = SUPERSAMPLE
     canvas = Image.new("L", (size * s, size * s), 0)
     draw = ImageDraw.Draw(canvas)
     # PIL, like us, puts pixel k at [k, k+1), so coordinates just scale by s. It also fills the outline,
     # widening a shape by about half a fine pixel: shrink the radius by that much (areas then agree to ~1 %).
-    cx, cy, r = centre[0] * s, centre[1] * s, diameter / 2 * s - 0.5
+    cx, cy = centre[0] * s, centre[1] * s
+    r = diameter / 2 * s - 0.5
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
@@ -158,8 +162,9 @@ def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.
         image = rng.uniform(10, top - 29, 3) + rng.normal(0, 10, (size, size, 3))
     elif kind == "clouds":  # smooth blobs: a coarse random grid upsampled bicubically, plus a little grain
         coarse = rng.uniform(0, top, (int(rng.integers(3, 8)),) * 2 + (3,)).astype(np.float32)
-        image = np.stack([np.asarray(Image.fromarray(coarse[..., c], "F").resize((size, size), Image.BICUBIC))
-                          for c in range(3)], axis=-1) + rng.normal(0, 4, (size, size, 3))
+        smooth = [np.asarray(Image.fromarray(coarse[..., c], "F").resize((size, size), Image.BICUBIC))
+                  for c in range(3)]
+        image = np.stack(smooth, axis=-1) + rng.normal(0, 4, (size, size, 3))
     elif kind == "lines":  # clutter: a few straight strokes of other colours, at any angle and width
         base = rng.uniform(0, top, 3)
         canvas = Image.new("RGB", (size, size), tuple(int(v) for v in base))
@@ -189,7 +194,9 @@ def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.
 
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     """Grow a bool mask by r pixels in every direction (a (2r+1)^2 square neighbourhood)."""
-    (h, w), p, k = mask.shape, np.pad(mask, r), 2 * r + 1
+    h, w = mask.shape
+    p = np.pad(mask, r)
+    k = 2 * r + 1
     return np.logical_or.reduce([p[dy:dy + h, dx:dx + w] for dy in range(k) for dx in range(k)])
 
 
@@ -203,8 +210,8 @@ def _choose_pairs(rng: np.random.Generator, n: int, one_colour: bool, distinct_c
         raise ValueError("one_colour and distinct_colours exclude each other; set at most one of them")
     limit = len(SHAPES) if one_colour else len(COLOURS) if distinct_colours else len(PAIRS)
     if not 1 <= n <= limit:
-        raise ValueError(f"n_objects is {n}; with one_colour={one_colour}, distinct_colours={distinct_colours} "
-                         f"it must be between 1 and {limit}")
+        raise ValueError(f"n_objects is {n}; with one_colour={one_colour}, "
+                         f"distinct_colours={distinct_colours} it must be between 1 and {limit}")
     colour = anchor[0] if anchor else list(COLOURS)[rng.integers(len(COLOURS))]  # used by one_colour
     chosen = [anchor] if anchor else []
     while len(chosen) < n:
@@ -217,8 +224,8 @@ def _choose_pairs(rng: np.random.Generator, n: int, one_colour: bool, distinct_c
     return chosen
 
 
-def make_scene(rng: np.random.Generator | int | None = None, size: int = 64, n_objects: int | None = None,
-               one_colour: bool = False, distinct_colours: bool = False,
+def make_scene(rng: np.random.Generator | int | None = None, size: int = 64,
+               n_objects: int | None = None, one_colour: bool = False, distinct_colours: bool = False,
                anchor: tuple[str, str] | None = None, world: str | World = DEFAULT_WORLD) -> Scene:
     """Draw one scene of non-overlapping shapes on a background of its world.
 
@@ -226,19 +233,23 @@ def make_scene(rng: np.random.Generator | int | None = None, size: int = 64, n_o
         rng: a numpy Generator (advanced in place) or a seed; the same seed gives the same scene.
         size: side of the square image in pixels (>= MIN_SIZE).
         n_objects: how many objects to try to place; None draws 1-4 (2-4 with one_colour). A crowded scene
-            may hold fewer: after PLACEMENT_TRIES failed placements of an object, it and later ones are dropped.
+            may hold fewer: after PLACEMENT_TRIES failed placements of an object, it and later ones are
+            dropped.
         one_colour: all objects share one colour and have distinct shapes (only shape tells them apart).
         distinct_colours: all objects have distinct colours. Without either flag, (colour, shape) pairs are
             distinct but colours or shapes may repeat.
-        anchor: the (colour, shape) of the first object, which is always placed (e.g. the one a caption names).
+        anchor: the (colour, shape) of the first object, which is always placed (e.g. the one a caption
+            names).
         world: a World or a name in WORLDS: backgrounds, their brightness and the objects' sizes.
 
     Returns:
         A Scene; each Obj's mask is True where its coverage is >= 0.5 (see the module docstring).
     """
     if size < MIN_SIZE:
-        raise ValueError(f"size is {size}; scenes need at least {MIN_SIZE} px so the smallest shape stays visible")
-    rng, w = np.random.default_rng(rng), get_world(world)
+        raise ValueError(f"size is {size}; scenes need at least {MIN_SIZE} px so the smallest shape stays "
+                         "visible")
+    rng = np.random.default_rng(rng)
+    w = get_world(world)
     if n_objects is None:
         n_objects = int(rng.integers(2 if one_colour else 1, MAX_OBJECTS + 1))
     pairs = _choose_pairs(rng, n_objects, one_colour, distinct_colours, anchor)
@@ -262,99 +273,3 @@ def make_scene(rng: np.random.Generator | int | None = None, size: int = 64, n_o
         occupied |= _dilate(cover > 0, MARGIN)
         objects.append(Obj(colour, shape, cover >= 0.5, (float(x), float(y)), diameter, angle, rgb))
     return Scene(Image.fromarray(np.round(image).astype(np.uint8)), objects, kind)
-
-
-def hard_negatives(scene: Scene, obj: Obj, swap: str = "shape") -> list[str]:
-    """Captions that differ from `obj`'s in one attribute and name no object in the scene.
-
-    Args:
-        scene: the scene `obj` belongs to.
-        obj: the object (colour c, shape s) the negatives are built from.
-        swap: "shape" for (c, other shape), "colour" for (other colour, s).
-
-    Returns:
-        The captions, in SHAPES or COLOURS order. "Absent" means no object has that (colour, shape) pair; the
-        other shape or colour may still appear on another object, a harder negative that tests binding.
-    """
-    present = {(o.colour, o.shape) for o in scene.objects}
-    if swap == "shape":
-        candidates = [(obj.colour, s) for s in SHAPES if s != obj.shape]
-    elif swap == "colour":
-        candidates = [(c, obj.shape) for c in COLOURS if c != obj.colour]
-    else:
-        raise ValueError(f"swap is {swap!r}; expected 'shape' or 'colour'")
-    return [caption(c, s) for c, s in candidates if (c, s) not in present]
-
-
-def _caption_plan(rng: np.random.Generator, n: int, group_size: int) -> list[tuple[str, str]]:
-    """n (colour, shape) pairs in groups of up to group_size that share a colour (even groups) or a shape
-    (odd groups). Pairs are drawn without replacement from all 35, refilled only when exhausted, so no pair
-    repeats in the first 35 and none appears more than ceil(n / 35) times."""
-    plan: list[tuple[str, str]] = []
-    pool: list[tuple[str, str]] = []
-    group = 0  # even groups share a colour, odd groups a shape
-    while len(plan) < n:
-        if not pool:
-            pool = list(PAIRS)
-        key, seed = group % 2, pool[rng.integers(len(pool))]  # key indexes (colour, shape)
-        members = [p for p in pool if p[key] == seed[key]]
-        members = [members[i] for i in rng.permutation(len(members))[:group_size]]
-        plan += members
-        pool = [p for p in pool if p not in members]
-        group += 1
-    return plan[:n]
-
-
-def sample_scenes(rng: np.random.Generator | int | None, batch_size: int, size: int = 64,
-                  max_objects: int = MAX_OBJECTS, one_colour_fraction: float = 0.25,
-                  group_size: int = 4, world: str | World = DEFAULT_WORLD) -> tuple[list[Scene], list[str]]:
-    """A contrastive training batch: scenes, each paired with a caption naming one of its objects.
-
-    Captions come in groups of `group_size` that share a colour but differ in shape, alternating with groups
-    that share a shape but differ in colour, so each caption's hard negatives are in the batch. About
-    `one_colour_fraction` of the scenes have 2+ objects of one colour, so the captioned object must also be
-    told apart by shape within its own image. Captions are distinct when batch_size <= 35 (the number of
-    (colour, shape) pairs); beyond that each repeats at most ceil(batch_size / 35) times. A caption can still
-    describe a distractor in another image: use `caption_matches` for multi-positive contrastive targets.
-
-    Args:
-        rng: a numpy Generator (advanced in place) or a seed.
-        batch_size: number of (image, caption) pairs.
-        size: image side in pixels.
-        max_objects: curriculum knob, 1 to MAX_OBJECTS: each scene holds 1..max_objects objects.
-        one_colour_fraction: probability that a scene is one-colour (ignored when max_objects is 1).
-        group_size: captions per shared-colour or shared-shape group.
-        world: how the scenes are drawn (see WORLDS).
-
-    Returns:
-        (scenes, captions); captions[i] names scenes[i].objects[0].
-    """
-    if not 1 <= max_objects <= MAX_OBJECTS or batch_size < 1:
-        raise ValueError(f"max_objects is {max_objects} and batch_size {batch_size}; expected max_objects from 1 "
-                         f"to {MAX_OBJECTS} and batch_size >= 1")
-    rng = np.random.default_rng(rng)
-    plan = _caption_plan(rng, batch_size, group_size)
-    scenes = []
-    for anchor in plan:
-        one_colour = max_objects >= 2 and rng.random() < one_colour_fraction
-        n = int(rng.integers(2 if one_colour else 1, max_objects + 1))
-        scenes.append(make_scene(rng, size, n, one_colour=one_colour, anchor=anchor, world=world))
-    return scenes, [caption(*a) for a in plan]
-
-
-def sample_batch(rng: np.random.Generator | int | None, batch_size: int, size: int = 64,
-                 max_objects: int = MAX_OBJECTS, one_colour_fraction: float = 0.25,
-                 group_size: int = 4, world: str | World = DEFAULT_WORLD) -> tuple[np.ndarray, list[str]]:
-    """`sample_scenes` with the images stacked: returns (uint8 array (B, H, W, 3), captions).
-
-    Args and batch composition: see `sample_scenes`.
-    """
-    scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction, group_size, world)
-    return np.stack([np.asarray(s.image) for s in scenes]), captions
-
-
-def caption_matches(scenes: list[Scene], captions: list[str]) -> np.ndarray:
-    """Which captions are true of which scenes: bool (len(scenes), len(captions)), True where captions[j]
-    names an object of scenes[i]. For a batch from `sample_scenes` the diagonal is all True; off-diagonal
-    Trues are false negatives for a plain CLIP loss and can be made extra positives."""
-    return np.array([[c in set(s.captions) for c in captions] for s in scenes], dtype=bool)

