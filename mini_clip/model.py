@@ -189,10 +189,18 @@ def summary(names: Iterable[str], first: int = 3) -> str:
 
 # OpenAI's published ViT models (clip.available_models()); from_state_dict must reproduce these exactly.
 PRESETS = {
-    "ViT-B/32": CLIPConfig(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
-    "ViT-B/16": CLIPConfig(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
-    "ViT-L/14": CLIPConfig(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
-    "ViT-L/14@336px": CLIPConfig(768, 336, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "ViT-B/32": CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                           vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=512,
+                           transformer_heads=8, transformer_layers=12),
+    "ViT-B/16": CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                           vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=512,
+                           transformer_heads=8, transformer_layers=12),
+    "ViT-L/14": CLIPConfig(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                           vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=768,
+                           transformer_heads=12, transformer_layers=12),
+    "ViT-L/14@336px": CLIPConfig(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
+                                 vision_patch_size=14, context_length=77, vocab_size=49408,
+                                 transformer_width=768, transformer_heads=12, transformer_layers=12),
 }
 
 
@@ -310,10 +318,19 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_width, activation, eps)
                                        for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, causal: bool = False, start: int = 0, stop: int | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks start .. stop - 1 (all by default): tokens (B, T, C) -> (B, T, C), or (B, Q, C) with `rows`.
+
+        The towers' one speed trick lives here: a caller that reads only some rows of the output (the class
+        token, end-of-text) names them, `rows` (B, Q), and the last block computes those alone (queries,
+        out-projection and MLP for Q rows, not T). Earlier blocks compute every row: the next one attends to
+        all of them.
+        """
+        blocks = self.resblocks[start:stop]
+        for block in blocks[:-1]:
             x = block(x, causal=causal)
-        return x
+        return blocks[-1](x, causal=causal, rows=rows) if len(blocks) else x
 
 
 class VisionTransformer(nn.Module):
@@ -344,13 +361,10 @@ class VisionTransformer(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.embed(image)
-        *body, last = self.transformer.resblocks
-        for block in body:
-            x = block(x)
-        # Only the class token leaves the last block (pool reads nothing else), so only its row is computed;
-        # a recording block computes every row, to keep the full (T, T) probabilities it promises.
-        first = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
-        return self.pool(last(x, rows=None if last.record else first))
+        # pool reads the class token alone, so the last block computes its row alone; a recording block
+        # computes every row, to keep the full (T, T) probabilities it promises.
+        cls = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)  # (B, 1): position 0
+        return self.pool(self.transformer(x, rows=None if self.transformer.resblocks[-1].record else cls))
 
 
 class CLIP(nn.Module):
@@ -415,12 +429,10 @@ class CLIP(nn.Module):
         # The mask is causal and features are read at end-of-text, so the zero padding after the last
         # end-of-text can never influence them: cut it off (77 positions -> often fewer than 10).
         x = self.embed_text(text[:, : int(eot.max()) + 1])
-        *body, last = self.transformer.resblocks
-        for block in body:
-            x = block(x, causal=True)
-        # As in the image tower, only the rows read leave the last block: end-of-text, unless recording.
-        x = last(x, causal=True, rows=None if last.record else eot[:, None])
-        return self.pool_text(x, eot if last.record else torch.zeros_like(eot))
+        # As in the image tower, the last block computes the rows read alone (end-of-text), unless recording.
+        if self.transformer.resblocks[-1].record:
+            return self.pool_text(self.transformer(x, causal=True), eot)
+        return self.pool_text(self.transformer(x, causal=True, rows=eot[:, None]), torch.zeros_like(eot))
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """logits_per_image (B, N): exp(logit_scale) times the cosine similarity."""
