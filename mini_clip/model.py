@@ -8,6 +8,8 @@ OpenCLIP checkpoints load unchanged. Two departures from OpenAI's `model.py`, ne
   probabilities in the autograd graph when asked (`recording`) — the relevance method needs them and their
   gradients, and this way it needs no hooks. When not recording, blocks take the fused
   `F.scaled_dot_product_attention` path and keep nothing.
+One shortcut, in `Transformer.forward`: a tower's last block computes only the rows its caller reads (the
+class token, end-of-text); no later block reads the others.
 """
 from __future__ import annotations
 
