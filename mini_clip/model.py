@@ -8,6 +8,8 @@ OpenCLIP checkpoints load unchanged. Two departures from OpenAI's `model.py`, ne
   probabilities in the autograd graph when asked (`recording`) — the relevance method needs them and their
   gradients, and this way it needs no hooks. When not recording, blocks take the fused
   `F.scaled_dot_product_attention` path and keep nothing.
+One shortcut, in `Transformer.forward`: a tower's last block computes only the rows its caller reads (the
+class token, end-of-text); no later block reads the others.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ HEAD_WIDTH = 64  # OpenAI's build_model: heads = width // 64 for both towers
 MLP_RATIO = 4  # OpenAI's blocks: c_fc widens each token 4x
 OPENAI_EPS = 1e-5  # torch's LayerNorm default, which OpenAI's model uses
 # What a file that states no architecture is told: the ways to state it.
-STATE_IT = ("state it: mini_clip.load(path, arch=NAME) or --arch NAME (names: mini_clip.zoo.ARCHS), or convert "
-            "once with scripts/convert.py --arch NAME to a .safetensors whose config states it")
+STATE_IT = ("state it: mini_clip.load(path, arch=NAME) or --arch NAME (names: mini_clip.zoo.ARCHS), or "
+            "convert once with scripts/convert.py --arch NAME to a .safetensors whose config states it")
 # The largest size a config may state: far above any CLIP (widths <= 2048, vocabularies < 300k), and small
 # enough that the product of two sizes (a weight matrix's element count) stays well inside int64.
 MAX_SIZE = 2 ** 24
@@ -69,10 +71,10 @@ class CLIPConfig:
     transformer_heads: int = 8  # text attention heads
     transformer_layers: int = 12  # text residual attention blocks
     vision_heads: int = 0  # 0 means OpenAI's rule, vision_width // 64 (Hugging Face configs may differ)
-    # What OpenCLIP and Hugging Face models change; the defaults are OpenAI's, so older files keep their meaning.
+    # What OpenCLIP and Hugging Face models change; defaults are OpenAI's, so older files keep their meaning.
     vision_mlp_width: int = 0  # 0 means 4 x vision_width; OpenCLIP's ViT-g/bigG differ (read from c_fc)
     transformer_mlp_width: int = 0  # 0 means 4 x transformer_width
-    activation: str = "quick_gelu"  # OpenAI trained with QuickGELU; OpenCLIP's LAION/DataComp ViTs with exact GELU
+    activation: str = "quick_gelu"  # OpenAI trained with QuickGELU, OpenCLIP's LAION/DataComp ViTs with GELU
     layer_norm_eps: float = OPENAI_EPS  # every LayerNorm's eps; some Hugging Face configs state 1e-6
 
     def __post_init__(self):
@@ -81,10 +83,12 @@ class CLIPConfig:
             if field.type == "int":
                 check_size(field.name, getattr(self, field.name), low=0 if field.default == 0 else 1)
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation is {self.activation!r:.40}; expected one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(f"activation is {self.activation!r:.40}; expected one of "
+                             f"{', '.join(ACTIVATIONS)}")
         eps = self.layer_norm_eps
         if type(eps) is not float or not 0 < eps < 1:  # a LayerNorm eps is small and positive (1e-5, 1e-6)
-            raise ValueError(f"layer_norm_eps is {eps!r:.40}; expected a number between 0 and 1, such as 1e-05")
+            raise ValueError(f"layer_norm_eps is {eps!r:.40}; expected a number between 0 and 1, such as "
+                             "1e-05")
         # 0 means OpenAI's rule; frozen, so set through object.__setattr__, as dataclasses do
         if self.vision_heads == 0:
             object.__setattr__(self, "vision_heads", openai_heads("vision_width", self.vision_width))
@@ -175,8 +179,8 @@ class CLIPConfig:
 def openai_heads(name: str, width: int) -> int:
     """OpenAI's rule for a tower's heads (width // 64), refused where it cannot apply."""
     if width % HEAD_WIDTH:
-        raise ValueError(f"{name} {width} is not a multiple of {HEAD_WIDTH}, so OpenAI's rule (heads = width // "
-                         f"{HEAD_WIDTH}) cannot give its heads: {STATE_IT}")
+        raise ValueError(f"{name} {width} is not a multiple of {HEAD_WIDTH}, so OpenAI's rule (heads = "
+                         f"width // {HEAD_WIDTH}) cannot give its heads: {STATE_IT}")
     return width // HEAD_WIDTH
 
 
@@ -189,17 +193,26 @@ def summary(names: Iterable[str], first: int = 3) -> str:
 
 # OpenAI's published ViT models (clip.available_models()); from_state_dict must reproduce these exactly.
 PRESETS = {
-    "ViT-B/32": CLIPConfig(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
-    "ViT-B/16": CLIPConfig(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
-    "ViT-L/14": CLIPConfig(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
-    "ViT-L/14@336px": CLIPConfig(768, 336, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "ViT-B/32": CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                           vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=512,
+                           transformer_heads=8, transformer_layers=12),
+    "ViT-B/16": CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                           vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=512,
+                           transformer_heads=8, transformer_layers=12),
+    "ViT-L/14": CLIPConfig(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                           vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=768,
+                           transformer_heads=12, transformer_layers=12),
+    "ViT-L/14@336px": CLIPConfig(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
+                                 vision_patch_size=14, context_length=77, vocab_size=49408,
+                                 transformer_width=768, transformer_heads=12, transformer_layers=12),
 }
 
 
 class SkipInitOnMeta:
-    """Mixin: no random init on the meta device. weights.build constructs the model there and then assigns the
-    checkpoint's tensors, so the init is thrown away; run through meta's Python decompositions, it cost about a
-    third of loading ViT-B/32. On real devices the init (and the random numbers it draws) is unchanged."""
+    """Mixin: no random init on the meta device. weights.build constructs the model there and then assigns
+    the checkpoint's tensors, so the init is thrown away; run through meta's Python decompositions, it cost
+    about a third of loading ViT-B/32. On real devices the init (and the random numbers it draws) is
+    unchanged."""
 
     def reset_parameters(self) -> None:
         if not self.weight.is_meta:
@@ -252,15 +265,16 @@ class Attention(nn.Module):
         positions of the tokens that ask (all T by default); every token is still attended to."""
         B, T, C = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs = C // self.heads
+        q, k, v = (t.view(B, T, self.heads, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if rows is not None:
-            q = q.gather(2, rows[:, None, :, None].expand(B, self.heads, rows.shape[1], q.shape[-1]))  # (B, nh, Q, hs)
+            q = q.gather(2, rows[:, None, :, None].expand(B, self.heads, rows.shape[1], hs))  # (B, nh, Q, hs)
         future = None
         if causal:  # a text token sees itself and the tokens before it
             pos = torch.arange(T, device=x.device)
-            future = pos > (pos[:, None] if rows is None else rows[:, None, :, None])  # (T, T) or (B, 1, Q, T)
+            future = pos > (pos[:, None] if rows is None else rows[:, None, :, None])  # (T, T), (B, 1, Q, T)
         if keep_probs:
-            scores = (q * (C // self.heads) ** -0.5) @ k.transpose(-2, -1)  # (B, nh, Q, T)
+            scores = (q * hs ** -0.5) @ k.transpose(-2, -1)  # (B, nh, Q, T)
             if future is not None:
                 scores = scores.masked_fill(future, -math.inf)
             probs = scores.float().softmax(dim=-1).to(q.dtype)  # softmax in fp32, as torch's MHA
@@ -293,7 +307,8 @@ class ResidualAttentionBlock(nn.Module):
         self.record = False
         self.attn_probs: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, causal: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, Q, C): the tokens at positions `rows` (B, Q) updated (all T by default)."""
         y, self.attn_probs = self.attn(self.ln_1(x), causal=causal, keep_probs=self.record, rows=rows)
         if rows is not None:
@@ -303,17 +318,26 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_width: int = 0, activation: str = "quick_gelu",
-                 eps: float = OPENAI_EPS):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int = 0,
+                 activation: str = "quick_gelu", eps: float = OPENAI_EPS):
         super().__init__()
         self.width = width
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_width, activation, eps)
                                        for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, causal: bool = False, start: int = 0, stop: int | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks start .. stop - 1 (all by default): tokens (B, T, C) -> (B, T, C), or (B, Q, C) with `rows`.
+
+        The towers' one speed trick lives here: a caller that reads only some rows of the output (the class
+        token, end-of-text) names them, `rows` (B, Q), and the last block computes those alone (queries,
+        out-projection and MLP for Q rows, not T). Earlier blocks compute every row: the next one attends to
+        all of them.
+        """
+        blocks = self.resblocks[start:stop]
+        for block in blocks[:-1]:
             x = block(x, causal=causal)
-        return x
+        return blocks[-1](x, causal=causal, rows=rows) if len(blocks) else x
 
 
 class VisionTransformer(nn.Module):
@@ -324,7 +348,8 @@ class VisionTransformer(nn.Module):
         self.conv1 = Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         scale = width ** -0.5
         self.class_embedding = nn.Parameter(randn_scaled(scale, width))
-        self.positional_embedding = nn.Parameter(randn_scaled(scale, (resolution // patch_size) ** 2 + 1, width))
+        tokens = (resolution // patch_size) ** 2 + 1  # the patches and the class token
+        self.positional_embedding = nn.Parameter(randn_scaled(scale, tokens, width))
         self.ln_pre = LayerNorm(width, eps=eps)
         self.transformer = Transformer(width, layers, heads, mlp_width, activation, eps)
         self.ln_post = LayerNorm(width, eps=eps)
@@ -344,13 +369,10 @@ class VisionTransformer(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.embed(image)
-        *body, last = self.transformer.resblocks
-        for block in body:
-            x = block(x)
-        # Only the class token leaves the last block (pool reads nothing else), so only its row is computed;
-        # a recording block computes every row, to keep the full (T, T) probabilities it promises.
-        first = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
-        return self.pool(last(x, rows=None if last.record else first))
+        # pool reads the class token alone, so the last block computes its row alone; a recording block
+        # computes every row, to keep the full (T, T) probabilities it promises.
+        cls = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)  # (B, 1): position 0
+        return self.pool(self.transformer(x, rows=None if self.transformer.resblocks[-1].record else cls))
 
 
 class CLIP(nn.Module):
@@ -360,9 +382,9 @@ class CLIP(nn.Module):
         super().__init__()
         c = self.config = config
         self.context_length = c.context_length
-        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                        c.vision_heads, c.embed_dim, c.vision_mlp_width, c.activation,
-                                        c.layer_norm_eps)
+        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width,
+                                        c.vision_layers, c.vision_heads, c.embed_dim, c.vision_mlp_width,
+                                        c.activation, c.layer_norm_eps)
         self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads,
                                        c.transformer_mlp_width, c.activation, c.layer_norm_eps)
         self.token_embedding = Embedding(c.vocab_size, c.transformer_width)
@@ -370,16 +392,16 @@ class CLIP(nn.Module):
         self.ln_final = LayerNorm(c.transformer_width, eps=c.layer_norm_eps)
         self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
-        # Explanation settings the weights recommend ({"method", "start_layer", "start_layer_text"}), read from
-        # and written to mini_clip's files; empty for OpenAI's, which keep the original's defaults.
+        # Explanation settings the weights recommend ({"method", "start_layer", "start_layer_text"}), read
+        # from and written to mini_clip's files; empty for OpenAI's, which keep the original's defaults.
         self.recommended: dict = {}
         self.preprocessing: Preprocessing = OPENAI  # how its input images are made; loading sets the file's
         if initialize:  # loading a checkpoint skips it: every value is about to be replaced
             self.initialize_parameters()
 
     def initialize_parameters(self) -> None:
-        """OpenAI's initialisation of the text blocks, applied to both towers (training from scratch starts here;
-        OpenAI left the image blocks at PyTorch's defaults)."""
+        """OpenAI's initialisation of the text blocks, applied to both towers (training from scratch starts
+        here; OpenAI left the image blocks at PyTorch's defaults)."""
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         for tower in (self.visual.transformer, self.transformer):
@@ -403,7 +425,8 @@ class CLIP(nn.Module):
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         """Token ids (N, L) -> token embeddings plus positions (N, L, C); L may be below the context."""
-        return self.token_embedding(text).to(self.dtype) + self.positional_embedding[: text.shape[1]].to(self.dtype)
+        positions = self.positional_embedding[: text.shape[1]]
+        return self.token_embedding(text).to(self.dtype) + positions.to(self.dtype)
 
     def pool_text(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """Tokens (N, L, C) -> text features (N, embed_dim), read at positions `at` (N,): end-of-text."""
@@ -415,12 +438,10 @@ class CLIP(nn.Module):
         # The mask is causal and features are read at end-of-text, so the zero padding after the last
         # end-of-text can never influence them: cut it off (77 positions -> often fewer than 10).
         x = self.embed_text(text[:, : int(eot.max()) + 1])
-        *body, last = self.transformer.resblocks
-        for block in body:
-            x = block(x, causal=True)
-        # As in the image tower, only the rows read leave the last block: end-of-text, unless recording.
-        x = last(x, causal=True, rows=None if last.record else eot[:, None])
-        return self.pool_text(x, eot if last.record else torch.zeros_like(eot))
+        # As in the image tower, the last block computes the rows read alone (end-of-text), unless recording.
+        if self.transformer.resblocks[-1].record:
+            return self.pool_text(self.transformer(x, causal=True), eot)
+        return self.pool_text(self.transformer(x, causal=True, rows=eot[:, None]), torch.zeros_like(eot))
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """logits_per_image (B, N): exp(logit_scale) times the cosine similarity."""
@@ -434,9 +455,9 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
     def recording(self, image: bool = True, text: bool = True) -> contextlib.AbstractContextManager:
-        """Context in which the chosen towers' blocks keep their attention probabilities (`block.attn_probs`)."""
-        blocks = [*(self.visual.transformer.resblocks if image else []), *(self.transformer.resblocks if text else [])]
-        return recording(blocks)
+        """Context in which the chosen towers' blocks keep their attention probabilities (`attn_probs`)."""
+        return recording([*(self.visual.transformer.resblocks if image else []),
+                          *(self.transformer.resblocks if text else [])])
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""What CLIP looked at: Chefer et al.'s relevance for every (image, text) pair, and three baselines.
+"""What CLIP looked at: Chefer et al.'s relevance for every (image, text) pair, three baselines and LeGrad.
 
 Chefer, Gur, Wolf, "Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
 Transformers", ICCV 2021. For the score s = logits_per_image[i, j] and each explained block b of a tower:
@@ -8,12 +8,14 @@ Transformers", ICCV 2021. For the score s = logits_per_image[i, j] and each expl
 
 The image map is the class token's row of R over the patches; the text map is the end-of-text row over
 the prompt's tokens. Numbers match the authors' CLIP notebook (fp32), but the work does not: the original
-repeats the whole image per text and calls autograd once per block. Here the blocks before `start` run
-once, without a graph; from `start` on, each tower runs once with its probabilities recorded; then ONE
-`torch.autograd.grad` call, batched over the (image, text) pairs (`is_grads_batched`: one backward per
-pair, vectorised), gives each pair the gradients of its own logit for every block of both towers. The
-last blocks are run for the rows that are read alone (class token, end-of-text): the gradient reaching
-the other rows of their attention is exactly zero anyway.
+repeats the whole image per text and calls autograd once per block. Here, in pytorch-grad-cam's shape, one
+shared forward serves every method (`_shared_forward`): the blocks before `start` run once, without a
+graph; from `start` on, each tower runs once with its probabilities recorded; where the method needs
+gradients, ONE `torch.autograd.grad` call, batched over the (image, text) pairs (`is_grads_batched`: one
+backward per pair, vectorised), gives each pair the gradients of its own logit for every block of both
+towers. For those methods the last blocks are run for the rows that are read alone (class token,
+end-of-text): the gradient reaching the other rows of their attention is exactly zero anyway. Then one
+short function per method turns the record into maps; the table METHODS says what each one needs.
 
 Baselines (same API, `method=`):
 - "attention": one block's attention (the start layer's: the last block by default), mean over heads,
@@ -25,9 +27,10 @@ Baselines (same API, `method=`):
   Chefer et al.'s own code weights the last block's attention map instead.
 
 And a newer gradient method made for CLIP-like ViTs, "legrad" (Bousselham et al., "LeGrad: An Explainability
-Method for Vision Transformers via Feature Formation Sensitivity", ICCV 2025): for each block l from the
-start layer (the authors' default: the last two), the image embedding that block's tokens would give
-(ln_post of their MEAN, then proj, normalised) is scored against the normalised text embedding, s_l; then
+Method for Vision Transformers via Feature Formation Sensitivity", ICCV 2025), with a forward of its own
+(`_legrad_forward`): for each block l from the start layer (the authors' default: the last two), the image
+embedding that block's tokens would give (ln_post of their MEAN, then proj, normalised) is scored against
+the normalised text embedding, s_l; then
 
     map = sum over l of  mean over heads and query rows of clamp(ds_l/dA_l, min=0)   (patch columns)
 
@@ -36,23 +39,14 @@ gradient reaching A_l and one batched backward of sum_l s_l gives every layer's 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .image import OPENAI, ImageLike, Preprocessing, preprocess
+from .inputs import Images, Texts, as_images, as_tokens
 from .model import CLIP, recording
-from .tokenizer import EOT, token_labels, tokenize
-
-METHODS = ("chefer", "attention", "rollout", "gradcam", "legrad")
-# start layer when the caller gives none: the original's default for Chefer's method (last block only);
-# all blocks for rollout, whose point is to multiply through them; the last two for LeGrad (its authors'
-# layer_index=-2); the last block for the others.
-DEFAULT_START = {"chefer": -1, "attention": -1, "rollout": 0, "gradcam": -1, "legrad": -2}
+from .tokenizer import token_labels
 
 
 @dataclass
@@ -68,7 +62,7 @@ class Relevance:
         labels: per text j, the n_j token strings the scores belong to.
         tokens: the token ids explained (N, context).
         image_matrix: the image relevance matrix (B, N, T, T): R for chefer, the product for rollout, the
-            mean attention for attention; None for gradcam.
+            mean attention for attention; None for gradcam and legrad.
         text_matrix: chefer's text relevance matrix R (B, N, L, L), L the token columns given (the context
             for strings); None for the baselines.
     """
@@ -86,18 +80,228 @@ class Relevance:
     signed: bool = False
 
 
+# ---------------------------------------------------------------------------------------------------------
+# What a forward records, and the methods that read it. Pairs p = i * N + j: image i, text j.
+
+
+@dataclass
+class Tower:
+    """One tower's record from its start block on: inputs and probs per image (or text), grads per pair."""
+    inputs: torch.Tensor  # (B, T, C) the tokens entering the start block, where the graph starts
+    probs: list[torch.Tensor]  # per block, (B, nh, Q, T) attention probabilities: Q = T, or the rows read
+    grads: list[torch.Tensor]  # per pair, d score[i, j] of each probs (or of inputs), (P, ...); [] if none
+    of_pair: torch.Tensor  # (P,) the image (or text) of each pair
+    read: torch.Tensor  # (P,) the row each pair reads: the class token (0), end-of-text
+
+
+# What a forward gives: logits_per_image (B, N), the image tower's record, the text tower's (None where a
+# method explains the image only).
+Recorded = tuple[torch.Tensor, Tower, Optional[Tower]]
+
+
+class Maps(NamedTuple):
+    """What a method gives, per pair: its maps, and the relevance matrices they are rows of (or None)."""
+    image: torch.Tensor  # (P, T - 1) over the patches
+    text: Optional[torch.Tensor]  # (P, L) over the text's token columns
+    image_matrix: Optional[torch.Tensor]  # (P, T, T)
+    text_matrix: Optional[torch.Tensor]  # (P, L, L)
+
+
+def chefer(image: Tower, text: Tower, signed: bool) -> Maps:
+    """Chefer et al.: R in each tower; the maps are its class-token and end-of-text rows."""
+    R_img, R_txt = _chefer(image, signed), _chefer(text, signed)
+    return Maps(*_rows_read(R_img, R_txt, text), R_img, R_txt)
+
+
+def _chefer(t: Tower, signed: bool) -> torch.Tensor:
+    """Chefer et al. in one tower: (P, T, T). Unsigned (the original): the mean over heads of clamp(grad * A,
+    min=0). Signed: no clamp, so evidence against the text (negative) survives and heads can cancel."""
+    size = t.inputs.shape[1]
+    R = _identity(size, len(t.of_pair), t.inputs.device)
+    for A, grad in zip(t.probs, t.grads):
+        cam = grad.float() * A[t.of_pair].detach().float()  # (P, nh, Q, T); detached: R holds no graph
+        cam = (cam if signed else cam.clamp(min=0)).mean(dim=1)  # (P, Q, T)
+        if cam.shape[1] == size:
+            R = R + cam @ R
+        else:  # a last block computed where it is read alone: cam holds the read row, the others are zero
+            R = R.scatter_add(1, t.read[:, None, None].expand(-1, -1, size), cam @ R)
+    return R
+
+
+def _identity(size: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(size, device=device).expand(n, size, size).clone()
+
+
+def _rows_read(R_img: torch.Tensor, R_txt: torch.Tensor, text: Tower) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maps in two matrices: the class token's row over the patches, end-of-text's over the tokens."""
+    return R_img[:, 0, 1:], R_txt[torch.arange(len(text.read), device=R_txt.device), text.read]
+
+
+def attention(image: Tower, text: Tower, signed: bool) -> Maps:
+    """The start block's attention probabilities, mean over heads."""
+    R_img, R_txt = (t.probs[0].detach().float().mean(dim=1)[t.of_pair] for t in (image, text))
+    return Maps(*_rows_read(R_img, R_txt, text), R_img, None)
+
+
+def rollout(image: Tower, text: Tower, signed: bool) -> Maps:
+    """Abnar & Zuidema: R = A'_last ... A'_start with A' = 0.5 I + 0.5 mean_h A, rows renormalised."""
+    R_img, R_txt = _rollout(image), _rollout(text)
+    return Maps(*_rows_read(R_img, R_txt, text), R_img, None)
+
+
+def _rollout(t: Tower) -> torch.Tensor:
+    size = t.inputs.shape[1]
+    R = _identity(size, t.inputs.shape[0], t.inputs.device)  # per image (or text), then per pair
+    for A in t.probs:
+        A = 0.5 * torch.eye(size, device=A.device)[: A.shape[2]] + 0.5 * A.detach().float().mean(dim=1)
+        A = A / A.sum(dim=-1, keepdim=True)  # (B, Q, T)
+        R = A @ R
+    return R[t.of_pair]
+
+
+def gradcam(image: Tower, text: Tower, signed: bool) -> Maps:
+    """Grad-CAM over the tokens entering the start blocks, each tower's map over its own tokens: the
+    patches; the prompt's tokens, strictly between start and end-of-text."""
+    P, T = len(image.of_pair), image.inputs.shape[1]
+    patches = torch.arange(T, device=image.read.device).expand(P, T) > 0
+    pos = torch.arange(text.inputs.shape[1], device=text.read.device)
+    prompt = (pos > 0) & (pos < text.read[:, None])  # (P, L)
+    return Maps(_gradcam(image, patches)[:, 1:], _gradcam(text, prompt), None, None)
+
+
+def _gradcam(t: Tower, mask: torch.Tensor) -> torch.Tensor:
+    """relu(sum_c w_c x_tc), w_c the mean gradient over the tokens `mask` (P, T) marks: (P, T)."""
+    x, grad = t.inputs.detach()[t.of_pair], t.grads[0]  # (P, T, C) each
+    mask = mask.to(x.dtype).unsqueeze(-1)  # (P, T, 1)
+    weights = (grad * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True)  # (P, 1, C)
+    return ((weights * x).sum(dim=-1) * mask.squeeze(-1)).clamp(min=0)  # (P, T)
+
+
+def legrad(image: Tower, text: None, signed: bool) -> Maps:
+    """LeGrad: the sum over blocks of the mean over heads and query rows of clamp(ds_l/dA_l, min=0)."""
+    maps = sum(G.float().clamp(min=0).mean(dim=1).mean(dim=1)[:, 1:] for G in image.grads)
+    return Maps(maps, None, None, None)
+
+
+def _legrad_forward(model: CLIP, x: torch.Tensor, features: torch.Tensor, start: int) -> Recorded:
+    """LeGrad's own forward from block `start` on. x: the tokens entering it (B, T, C); features: the
+    texts' (N, D), a constant as in the authors' code. The record's grads are ds_l/dA_l for every pair."""
+    visual, blocks = model.visual, model.visual.transformer.resblocks[start:]
+    unit = features / features.norm(dim=-1, keepdim=True)
+    x_in = x
+    with torch.enable_grad(), recording(blocks):
+        score = 0
+        for block in blocks:
+            x = block(x.detach().requires_grad_())  # detached: s_l reaches A_l through this block only
+            f = visual.ln_post(x.mean(dim=1)) @ visual.proj  # (B, D): every token pooled, class token too
+            score = score + (f / f.norm(dim=-1, keepdim=True)) @ unit.t()  # (B, N): s_l summed over l
+        grads, _ = _grads_per_pair(score, [b.attn_probs for b in blocks], [])
+    of_image, _ = _pairs(*score.shape, x.device)
+    image = Tower(x_in, [], grads, of_image, torch.zeros_like(of_image))  # its probabilities are not read
+    return model.logits(visual.pool(x.detach()), features), image, None
+
+
+class Method(NamedTuple):
+    """A row of METHODS: the function that turns a record into maps, and what it needs."""
+    explain: Callable[[Tower, Optional[Tower], bool], Maps]
+    start: int  # the start layer when the caller gives none (-1: the last block only)
+    gradients: Optional[str] = None  # differentiated for each pair: "probs", every recorded block's attention
+    #                                  probabilities, or "inputs", the tokens entering the start blocks
+    forward: Optional[Callable[..., Recorded]] = None  # its own forward in place of the shared one, given the
+    #                                                  texts' features: it explains the image only
+
+
+# The start layers: the original's default for Chefer's method (last block only); all blocks for rollout,
+# whose point is to multiply through them; the last two for LeGrad (its authors' layer_index=-2); the last
+# block for the others.
+METHODS = {
+    "chefer": Method(chefer, start=-1, gradients="probs"),
+    "attention": Method(attention, start=-1),
+    "rollout": Method(rollout, start=0),
+    "gradcam": Method(gradcam, start=-1, gradients="inputs"),
+    "legrad": Method(legrad, start=-2, gradients="probs", forward=_legrad_forward),
+}
+DEFAULT_START = {name: method.start for name, method in METHODS.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared forward and its one batched gradient call
+
+
+def _pairs(B: int, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P,) the image and (P,) the text of each pair p = i * N + j."""
+    return (torch.arange(B, device=device).repeat_interleave(N), torch.arange(N, device=device).repeat(B))
+
+
+def _grads_per_pair(score: torch.Tensor, image_inputs: list[torch.Tensor],
+                    text_inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """For each pair, the gradient of its own score[i, j] (score: (B, N)) with respect to inputs of its
+    image (B, ...) and of its text (N, ...): one backward per pair, batched (vmap) in ONE call, pair p's
+    grad_output one-hot at score[i, j]. Returns ([(P, ...) per image input], [(P, ...) per text input])."""
+    B, N = score.shape
+    one_hot = torch.eye(B * N, device=score.device, dtype=score.dtype).view(B * N, B, N)
+    grads = torch.autograd.grad(score, [*image_inputs, *text_inputs], one_hot, is_grads_batched=True)
+    pairs = torch.arange(B * N, device=score.device)
+    of_image, of_text = _pairs(B, N, score.device)
+    n = len(image_inputs)
+    return [G[pairs, of_image] for G in grads[:n]], [G[pairs, of_text] for G in grads[n:]]
+
+
+def _shared_forward(model: CLIP, x: torch.Tensor, texts: PreparedTexts, start: int, start_text: int,
+            gradients: Optional[str]) -> Recorded:
+    """Both towers from their start blocks on, recorded, then the gradients asked for (if any).
+
+    x: the image tokens entering block `start` (B, T, C); texts: prepared with block `start_text`.
+    """
+    device = x.device
+    B, N = x.shape[0], texts.tokens.shape[0]
+    eot = texts.tokens.argmax(dim=-1)  # (N,) end-of-text positions: 49407 is the largest id
+    vblocks, tblocks = model.visual.transformer.resblocks[start:], model.transformer.resblocks[start_text:]
+    # Where only gradients are read, the last blocks compute the rows that are read alone (class token,
+    # end-of-text): the gradient reaching their other rows is zero, so the numbers do not change. The
+    # methods without gradients read every row of the last blocks' probabilities.
+    partial = gradients is not None
+    cls = torch.zeros(B, 1, dtype=torch.long, device=device)
+    t = texts.prefix.detach()  # its own requires_grad flag; the data is shared
+    with torch.enable_grad(), recording([*vblocks, *tblocks]):
+        x_in, t_in = x.requires_grad_(), t.requires_grad_()  # the graph starts here, frozen weights or not
+        x = model.visual.transformer(x_in, start=start, rows=cls if partial else None)
+        t = model.transformer(t_in, causal=True, start=start_text, rows=eot[:, None] if partial else None)
+        text_features = model.pool_text(t, torch.zeros_like(eot) if partial else eot)  # row 0: the only one
+        logits = model.logits(model.visual.pool(x), text_features)
+        if not torch.isfinite(logits).all():
+            raise ValueError("the model's logits are not finite (NaN or inf): its weights are damaged; "
+                             "reload or re-convert the checkpoint")
+        vprobs = [b.attn_probs for b in vblocks]  # (B, nh, Q, T) each
+        tprobs = [b.attn_probs for b in tblocks]  # (N, nh, Q, L) each
+        img_grads, txt_grads = [], []
+        if gradients is not None:
+            wrt = {"probs": (vprobs, tprobs), "inputs": ([x_in], [t_in])}[gradients]
+            img_grads, txt_grads = _grads_per_pair(logits, *wrt)
+    of_image, of_text = _pairs(B, N, device)
+    return (logits, Tower(x_in, vprobs, img_grads, of_image, torch.zeros_like(of_image)),
+            Tower(t_in, tprobs, txt_grads, of_text, eot[of_text]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings, texts, and the API
+
+
 def check_recommended(settings: object, model: CLIP) -> dict:
     """Validate recommended settings read from an (untrusted) weights file; returns them as a dict.
 
     Raises:
         ValueError: not an object, an unknown key or method, or a start layer that is not an int in range.
     """
-    if not isinstance(settings, dict) or not set(settings) <= {"method", "start_layer", "start_layer_text"}:
-        raise ValueError(f"recommended settings must be an object with method, start_layer, start_layer_text; "
-                         f"got {str(settings)[:80]}")
+    keys = {"method", "start_layer", "start_layer_text"}
+    if not isinstance(settings, dict) or not set(settings) <= keys:
+        raise ValueError("recommended settings must be an object with method, start_layer, "
+                         f"start_layer_text; got {str(settings)[:80]}")
     if settings.get("method", "chefer") not in METHODS:
-        raise ValueError(f"recommended method {str(settings['method'])[:40]!r} is not one of {', '.join(METHODS)}")
-    for key, blocks in (("start_layer", model.config.vision_layers), ("start_layer_text", model.config.transformer_layers)):
+        raise ValueError(f"recommended method {str(settings['method'])[:40]!r} is not one of "
+                         f"{', '.join(METHODS)}")
+    for key, blocks in (("start_layer", model.config.vision_layers),
+                        ("start_layer_text", model.config.transformer_layers)):
         value = settings.get(key, -1)
         if type(value) is not int or not -blocks <= value < blocks:
             raise ValueError(f"recommended {key} {str(value)[:20]} is not a block of a tower of {blocks}")
@@ -132,148 +336,10 @@ def _start(start: Optional[int], blocks: int, method: str, name: str) -> int:
     """Normalise a start layer to an index in [0, blocks); -1 is the last block, as in the original."""
     start = max(DEFAULT_START[method], -blocks) if start is None else start
     if not -blocks <= start < blocks:
-        raise ValueError(f"{name} {start} is out of range for a tower of {blocks} blocks: use -1 (last block "
-                         f"only) or 0 .. {blocks - 1} (0 = all blocks), or -{blocks} .. -1 counting from the end")
+        raise ValueError(f"{name} {start} is out of range for a tower of {blocks} blocks: use -1 (last "
+                         f"block only) or 0 .. {blocks - 1} (0 = all blocks), or -{blocks} .. -1 counting "
+                         "from the end")
     return start % blocks
-
-
-def _cams_chefer(probs: torch.Tensor, grads: torch.Tensor, signed: bool) -> torch.Tensor:
-    """(P, nh, Q, T) probabilities and their gradients -> (P, Q, T) cam. Unsigned (the original):
-    clamp(G * A, min=0) per head, then the mean over heads. Signed: the mean over heads of G * A with
-    no clamp, so evidence against the text (negative) survives and heads can cancel each other."""
-    cam = grads.float() * probs.detach().float()  # detached: R must not hold the forward's graph alive
-    return (cam if signed else cam.clamp(min=0)).mean(dim=1)
-
-
-def _accumulate(cams: Sequence[torch.Tensor], size: int, rows: torch.Tensor) -> torch.Tensor:
-    """R = I; R = R + cam_b @ R for each block in order. A cam (P, Q, T) with Q < T rows (a last block
-    computed only where it is read) holds the rows at positions `rows` (P, Q); its other rows are zero."""
-    R = torch.eye(size, device=cams[0].device).expand(cams[0].shape[0], size, size).clone()
-    for cam in cams:
-        if cam.shape[1] == size:
-            R = R + cam @ R
-        else:
-            R = R.scatter_add(1, rows[:, :, None].expand(-1, -1, size), cam @ R)
-    return R
-
-
-def _rollout(probs: Sequence[torch.Tensor], size: int) -> torch.Tensor:
-    """Abnar & Zuidema: R = A'_last ... A'_start with A' = 0.5 I + 0.5 mean_h A, rows renormalised."""
-    R = torch.eye(size, device=probs[0].device).expand(probs[0].shape[0], size, size).clone()
-    for A in probs:
-        A = 0.5 * torch.eye(size, device=A.device)[: A.shape[2]] + 0.5 * A.float().mean(dim=1)  # (P, Q, T)
-        A = A / A.sum(dim=-1, keepdim=True)
-        R = A @ R
-    return R
-
-
-def _gradcam(x: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM over tokens: x, grad (P, T, C); mask (P, T) marks the tokens that form the map."""
-    mask = mask.to(x.dtype).unsqueeze(-1)  # (P, T, 1)
-    weights = (grad * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True)  # (P, 1, C)
-    return ((weights * x).sum(dim=-1) * mask.squeeze(-1)).clamp(min=0)  # (P, T)
-
-
-def _legrad(model: CLIP, x: torch.Tensor, text: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """LeGrad from block `start` on, for every (image, text) pair. x: the tokens entering block `start`
-    (B, T, C); text: the texts' features (N, D), a constant as in the authors' code; returns (logits (B, N),
-    maps (B*N, T-1) over the patches; pair p = i * N + j)."""
-    visual, blocks = model.visual, model.visual.transformer.resblocks[start:]
-    unit = text / text.norm(dim=-1, keepdim=True)
-    B, N = x.shape[0], text.shape[0]
-    with torch.enable_grad(), recording(blocks):
-        score = 0
-        for block in blocks:
-            x = block(x.detach().requires_grad_())  # detached: s_l reaches A_l through this block only
-            f = visual.ln_post(x.mean(dim=1)) @ visual.proj  # (B, D): every token pooled, class token too
-            score = score + (f / f.norm(dim=-1, keepdim=True)) @ unit.t()  # (B, N): s_l summed over l
-        # one backward per pair, batched: pair p's grad_output is one-hot at score[i, j]
-        one_hot = torch.eye(B * N, device=x.device, dtype=score.dtype).view(B * N, B, N)
-        grads = torch.autograd.grad(score, [b.attn_probs for b in blocks], one_hot, is_grads_batched=True)
-    pairs, of_image = torch.arange(B * N, device=x.device), torch.arange(B, device=x.device).repeat_interleave(N)
-    maps = sum(G[pairs, of_image].float().clamp(min=0).mean(dim=1).mean(dim=1)[:, 1:] for G in grads)
-    return model.logits(visual.pool(x.detach()), text), maps
-
-
-# How to fix images given as raw pixels.
-PREPROCESS_HINT = ("pass a PIL image or a path (preprocessed here at the model's resolution), or "
-                   "preprocess it with the preprocess that mini_clip.load returns")
-# OpenAI's normalisation maps pixels in [0, 1] into about [-1.8, 2.3]: values above this, with none below
-# zero, are pixels in [0, 255] that were not normalised.
-MAX_NORMALISED = 10.0
-
-Images = Union[torch.Tensor, ImageLike, Sequence[Union[torch.Tensor, ImageLike]]]
-Texts = Union[str, Sequence[str], torch.Tensor, np.ndarray, Sequence[Sequence[int]]]
-
-
-def _dtype(x: torch.Tensor) -> str:
-    return str(x.dtype).removeprefix("torch.")
-
-
-def _as_images(image: Images, size: int, preprocessing: Preprocessing = OPENAI) -> torch.Tensor:
-    """Whatever `relevance` accepts as images -> a float batch (B, 3, size, size), checked."""
-    if isinstance(image, (list, tuple)):
-        if not image:
-            raise ValueError("no images given: pass at least one (PIL images, paths, or a tensor)")
-        return torch.cat([_as_images(one, size, preprocessing) for one in image])  # each checked alone, then one batch
-    if not isinstance(image, torch.Tensor):
-        if not isinstance(image, (Image.Image, str, os.PathLike, np.ndarray)):
-            raise TypeError(f"image must be a preprocessed tensor (B, 3, {size}, {size}), a PIL image, a "
-                            f"path, a uint8 numpy array, or a list of these; got {type(image).__name__}")
-        return preprocess(image, size, preprocessing=preprocessing)[None]  # (1, 3, size, size)
-    if not image.is_floating_point():
-        raise ValueError(f"image is a {_dtype(image)} tensor of raw pixels: {PREPROCESS_HINT}")
-    image = image[None] if image.dim() == 3 else image
-    if image.dim() != 4 or tuple(image.shape[1:]) != (3, size, size) or image.shape[0] == 0:
-        raise ValueError(f"expected preprocessed images of shape (B, 3, {size}, {size}), B >= 1, got "
-                         f"{tuple(image.shape)}: use the preprocess that mini_clip.load returns "
-                         f"(size {size})")
-    if not torch.isfinite(image).all():
-        raise ValueError("the image tensor holds NaN or inf values: preprocess the image again")
-    if image.min() >= 0 and image.max() > MAX_NORMALISED:
-        raise ValueError(f"image values lie in [0, {float(image.max()):g}]: raw pixels, not normalised; "
-                         f"{PREPROCESS_HINT}")
-    return image
-
-
-def _as_tokens(model: CLIP, texts: Texts, truncate: bool) -> torch.Tensor:
-    """Strings or token ids (a tensor, an array, rows of ints) -> ids (N, <= context), checked row by row."""
-    strings = isinstance(texts, (list, tuple)) and all(isinstance(text, str) for text in texts)
-    if isinstance(texts, str) or strings:
-        if not texts:
-            raise ValueError("no texts given: pass at least one string")
-        return tokenize(texts, model.context_length, truncate)
-    if isinstance(texts, np.ndarray):
-        texts = torch.from_numpy(texts)
-    elif isinstance(texts, (list, tuple)):  # rows of ids, or a mistake such as a string beside a row
-        if any(isinstance(row, (str, bytes)) or not hasattr(row, "__len__") for row in texts):
-            kinds = ", ".join(sorted({type(row).__name__ for row in texts}))
-            raise TypeError("texts must be strings, or rows of token ids (a LongTensor (N, <= context) as "
-                            f"mini_clip.tokenize makes, or lists of ints), not a mix; got {kinds}")
-        try:
-            texts = torch.tensor([[int(i) for i in row] for row in texts])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"rows of token ids must be ints, all of one length (pad with 0): {e}") from None
-    if not isinstance(texts, torch.Tensor):
-        raise TypeError(f"texts must be a string, a list of strings or token ids; got {type(texts).__name__}")
-    if texts.is_floating_point() or texts.is_complex() or texts.dtype == torch.bool:
-        raise ValueError(f"token ids must be integers, got a {_dtype(texts)} tensor: pass the LongTensor "
-                         "that mini_clip.tokenize returns (or ids.long())")
-    tokens = texts.long()
-    context = model.context_length
-    if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] > context:
-        raise ValueError(f"expected token ids of shape (texts, <= {context}), at least one text, "
-                         f"got {tuple(tokens.shape)}")
-    vocab_size = model.token_embedding.num_embeddings
-    for j, row in enumerate(tokens):
-        outside = row[(row < 0) | (row >= vocab_size)]
-        if len(outside):
-            raise ValueError(f"text {j} has token id {int(outside[0])}, outside the model's vocabulary "
-                             f"[0, {vocab_size}): make ids with mini_clip.tokenize")
-        if not (row == EOT).any():
-            raise ValueError(f"text {j} has no end-of-text token ({EOT}); every row of token ids needs one, "
-                             "as mini_clip.tokenize makes")
-    return tokens
 
 
 @dataclass(frozen=True)
@@ -300,8 +366,8 @@ class PreparedTexts:
     features: Optional[torch.Tensor]
 
 
-def prepare_texts(model: CLIP, texts: Texts, method: Optional[str] = None, start_layer_text: Optional[int] = None,
-                  truncate: bool = False) -> PreparedTexts:
+def prepare_texts(model: CLIP, texts: Texts, method: Optional[str] = None,
+                  start_layer_text: Optional[int] = None, truncate: bool = False) -> PreparedTexts:
     """Tokenize the texts and run what of the text tower does not depend on the image, once (see
     PreparedTexts); pass the result to `relevance` as its `texts`, with the same method and start layer.
 
@@ -309,18 +375,17 @@ def prepare_texts(model: CLIP, texts: Texts, method: Optional[str] = None, start
     """
     method, _, s_txt = settings(model, method, None, start_layer_text)
     device = model.positional_embedding.device
-    tokens = _as_tokens(model, texts, truncate).to(device)
+    tokens = as_tokens(model, texts, truncate).to(device)
     labels = [token_labels(row) for row in tokens.cpu()]
     prefix = features = None
     with torch.no_grad():
-        if method == "legrad":
+        if METHODS[method].forward is not None:  # a forward of its own: the image against the texts' features
             features = model.encode_text(tokens)  # (N, D)
         else:
             # Causal attention: padding after the last end-of-text changes nothing that is read, and its
             # relevance rows and columns are those of the identity; cut it here, put it back at the end.
             prefix = model.embed_text(tokens[:, : int(tokens.argmax(dim=-1).max()) + 1])
-            for block in model.transformer.resblocks[:s_txt]:
-                prefix = block(prefix, causal=True)
+            prefix = model.transformer(prefix, causal=True, stop=s_txt)
     return PreparedTexts(tokens, labels, method, s_txt, prefix, features)
 
 
@@ -347,7 +412,7 @@ def relevance(model: CLIP, image: Images, texts: Texts,
             default (DEFAULT_START).
         method: "chefer", "attention", "rollout", "gradcam" or "legrad" (image maps only); None: the weights'
             recommended method, else "chefer".
-        signed: Chefer only: keep negative evidence (see `_cams_chefer`); off gives the original's numbers.
+        signed: Chefer only: keep negative evidence (see `_chefer`); off gives the original's numbers.
         truncate: cut texts longer than the context instead of raising.
     Returns:
         A Relevance with logits, probabilities, maps and matrices for every pair.
@@ -356,103 +421,52 @@ def relevance(model: CLIP, image: Images, texts: Texts,
     if signed and method != "chefer":
         raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
     if torch.is_inference_mode_enabled():
-        raise RuntimeError("relevance needs gradients: call it outside torch.inference_mode() (no_grad is fine)")
+        raise RuntimeError("relevance needs gradients: call it outside torch.inference_mode() "
+                           "(no_grad is fine)")
     device = model.positional_embedding.device
     if not isinstance(texts, PreparedTexts):
         texts = prepare_texts(model, texts, method, s_txt, truncate)
     elif (texts.method, texts.start_layer_text) != (method, s_txt) or texts.tokens.device != device:
-        raise ValueError(f"texts were prepared for {texts.method}, text block {texts.start_layer_text}, on "
-                         f"{texts.tokens.device}; this call is for {method}, text block {s_txt}, on {device}: "
-                         "prepare them with the same settings and model")
+        raise ValueError(f"texts were prepared for {texts.method}, text block {texts.start_layer_text}, "
+                         f"on {texts.tokens.device}; this call is for {method}, text block {s_txt}, on "
+                         f"{device}: prepare them with the same settings and model")
     tokens, labels = texts.tokens, texts.labels
-    image = _as_images(image, model.visual.input_resolution, model.preprocessing).to(device)
-    visual, vblocks, tblocks = model.visual, model.visual.transformer.resblocks, model.transformer.resblocks
+    image = as_images(image, model.visual.input_resolution, model.preprocessing).to(device)
     B, N = image.shape[0], tokens.shape[0]
-    eot = tokens.argmax(dim=-1)  # (N,) end-of-text positions: 49407 is the largest id
-    T = visual.positional_embedding.shape[0]
-
     with torch.no_grad():  # image blocks before the start layer: no graph (the texts' are in `texts`)
-        x = visual.embed(image)
-        for block in vblocks[:s_img]:
-            x = block(x)
-    grid = int(round((T - 1) ** 0.5))
-    if method == "legrad":  # its own forward: per-block pooled scores, every row of every block
-        logits, maps = _legrad(model, x, texts.features, s_img)
-        logits = logits.detach().float().cpu()
-        return Relevance(logits=logits, probs=logits.softmax(dim=-1), text=None, labels=labels,
-                         image=maps.detach().float().cpu().reshape(B, N, grid, grid), tokens=tokens.cpu(),
-                         image_matrix=None, text_matrix=None, method=method, start_layer=s_img,
-                         start_layer_text=s_txt)
-    t, L = texts.prefix.detach(), texts.prefix.shape[1]  # its own requires_grad flag; the data is shared
-    P = B * N  # pairs, p = i * N + j
-    of_image = torch.arange(B, device=device).repeat_interleave(N)  # (P,) the image of each pair
-    of_text = torch.arange(N, device=device).repeat(B)  # (P,) the text of each pair
-    with torch.enable_grad(), recording([*vblocks[s_img:], *tblocks[s_txt:]]):
-        x_in, t_in = x.requires_grad_(), t.requires_grad_()  # the graph starts here, frozen weights or not
-        # The last blocks compute only the rows that are read (class token, end-of-text): the gradient
-        # reaching their other rows is zero, so Chefer's and Grad-CAM's numbers do not change. The
-        # baselines without gradients read every row of the last image block.
-        partial = method in ("chefer", "gradcam")
-        first = torch.zeros(B, 1, dtype=torch.long, device=device)
-        for block in vblocks[s_img:-1]:
-            x = block(x)
-        x = vblocks[-1](x, rows=first if partial else None)
-        for block in tblocks[s_txt:-1]:
-            t = block(t, causal=True)
-        t = tblocks[-1](t, causal=True, rows=eot[:, None] if partial else None)
-        logits = model.logits(visual.pool(x), model.pool_text(t, torch.zeros_like(eot) if partial else eot))
-        if not torch.isfinite(logits).all():
-            raise ValueError("the model's logits are not finite (NaN or inf): its weights are damaged; "
-                             "reload or re-convert the checkpoint")
-        vprobs = [b.attn_probs for b in vblocks[s_img:]]  # (B, nh, Q, T) each
-        tprobs = [b.attn_probs for b in tblocks[s_txt:]]  # (N, nh, L, L) each
-        if method in ("chefer", "gradcam"):
-            # One backward per pair, batched (vmap) in ONE call: pair p's grad_output is one-hot at
-            # logits[i, j], so image i receives d logits[i, j] and text j likewise, the others zero.
-            one_hot = torch.eye(P, device=device, dtype=logits.dtype).view(P, B, N)
-            inputs = vprobs + tprobs if method == "chefer" else [x_in, t_in]
-            grads = torch.autograd.grad(logits, inputs, one_hot, is_grads_batched=True)
-            pairs, n_img = torch.arange(P, device=device), len(vprobs) if method == "chefer" else 1
-            img_grads = [G[pairs, of_image] for G in grads[:n_img]]  # (P, ...) pair p's gradient for its image
-            txt_grads = [G[pairs, of_text] for G in grads[n_img:]]  # (P, ...) and for its text
-    if method == "chefer":
-        R_img = _accumulate([_cams_chefer(A[of_image], G, signed) for A, G in zip(vprobs, img_grads)], T,
-                            first[of_image])
-        R_txt = _accumulate([_cams_chefer(A[of_text], G, signed) for A, G in zip(tprobs, txt_grads)], L,
-                            eot[of_text][:, None])
-    elif method == "gradcam":
-        patches = torch.arange(T, device=device).expand(P, T) > 0
-        pos = torch.arange(L, device=device)
-        prompt = (pos > 0) & (pos < eot[of_text][:, None])  # (P, L) tokens strictly inside start..end
-        img_map = _gradcam(x_in.detach()[of_image], img_grads[0], patches)[:, 1:]
-        txt_map = _gradcam(t_in.detach()[of_text], txt_grads[0], prompt)
-        R_img = R_txt = None
-    elif method == "rollout":
-        R_img = _rollout([A.detach() for A in vprobs], T)[of_image]
-        R_txt = _rollout([A.detach() for A in tprobs], L)[of_text]
-    else:  # attention: the start layer's block, mean over heads
-        R_img = vprobs[0].detach().float().mean(dim=1)[of_image]
-        R_txt = tprobs[0].detach().float().mean(dim=1)[of_text]
+        x = model.visual.transformer(model.visual.embed(image), stop=s_img)
+    spec = METHODS[method]
+    if spec.forward is None:
+        logits, *towers = _shared_forward(model, x, texts, s_img, s_txt, spec.gradients)
+    else:
+        logits, *towers = spec.forward(model, x, texts.features, s_img)
+    maps = spec.explain(*towers, signed)  # (image tower, text tower) -> maps and matrices per pair
 
-    logits = logits.detach().float().cpu()
-    if R_img is not None:
-        img_map = R_img[:, 0, 1:]
-        txt_map = R_txt[torch.arange(P, device=device), eot[of_text]]  # (P, L): end-of-text rows
-    ctx = tokens.shape[1]
-    text_matrix = None
-    if method == "chefer":  # back to the full context: the cut positions relate only to themselves
+    P, T = B * N, x.shape[1]
+    grid = int(round((T - 1) ** 0.5))
+    logits = _cpu(logits)
+    text = text_matrix = None
+    if maps.text is not None:
+        eot = tokens.argmax(dim=-1)  # (N,) end-of-text positions
+        txt_map = _cpu(maps.text).view(B, N, -1)
+        text = [txt_map[:, j, 1: int(eot[j])] for j in range(N)]
+    if maps.text_matrix is not None:  # back to the full context: the cut positions relate only to themselves
+        ctx, L = tokens.shape[1], maps.text_matrix.shape[1]
         text_matrix = torch.eye(ctx).expand(P, ctx, ctx).clone()
-        text_matrix[:, :L, :L] = R_txt.detach().float().cpu()
+        text_matrix[:, :L, :L] = _cpu(maps.text_matrix)
         text_matrix = text_matrix.view(B, N, ctx, ctx)
-    txt_map = txt_map.detach().float().cpu().view(B, N, L)
     return Relevance(
         logits=logits,
         probs=logits.softmax(dim=-1),
-        image=img_map.detach().float().cpu().reshape(B, N, grid, grid),
-        text=[txt_map[:, j, 1: int(eot[j])] for j in range(N)],
+        image=_cpu(maps.image).reshape(B, N, grid, grid),
+        text=text,
         labels=labels,
         tokens=tokens.cpu(),
-        image_matrix=None if R_img is None else R_img.detach().float().cpu().view(B, N, T, T),
+        image_matrix=None if maps.image_matrix is None else _cpu(maps.image_matrix).view(B, N, T, T),
         text_matrix=text_matrix,
         method=method, start_layer=s_img, start_layer_text=s_txt, signed=signed,
     )
+
+
+def _cpu(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float().cpu()

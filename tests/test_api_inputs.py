@@ -66,7 +66,8 @@ def test_a_list_of_images_is_one_batch(model, photo, tmp_path):
 def test_raw_pixel_tensors_are_refused_with_the_fix(model, photo):
     size = model.visual.input_resolution
     pixels = torch.from_numpy(np.array(photo.resize((size, size)))).permute(2, 0, 1).contiguous()
-    with pytest.raises(ValueError, match="uint8 tensor of raw pixels: pass a PIL image or a path.*preprocess"):
+    with pytest.raises(ValueError,
+                       match="uint8 tensor of raw pixels: pass a PIL image or a path.*preprocess"):
         relevance(model, pixels, TEXTS)
     with pytest.raises(ValueError, match=r"lie in \[0, \d+\]: raw pixels.*preprocess that mini_clip.load"):
         relevance(model, pixels.float(), TEXTS)  # the float in [0, 255] that looks like pixels
@@ -174,8 +175,8 @@ def test_preprocess_refuses_what_it_cannot_read(photo):
         preprocess(Image.new("RGB", (0, 0)), 32)
 
 
-@pytest.mark.parametrize("size, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), ("224", TypeError),
-                                         (True, TypeError)])
+@pytest.mark.parametrize("size, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
+                                         ("224", TypeError), (True, TypeError)])
 def test_preprocess_size_must_be_a_positive_int(photo, size, error):
     with pytest.raises(error, match="size must be"):
         preprocess(photo, size)

@@ -1,12 +1,13 @@
 """method="legrad" against a literal transcription of the authors' `LeWrapper.compute_legrad_clip`.
 
-The reference is the authors' code (`legrad-torch` 1.1 on PyPI, legrad/wrapper.py and legrad/utils.py) copied
-step by step onto OpenAI's own `clip/model.py`: its blocks keep `attention_maps` ((B * heads, T, T), as torch's
-multi-head attention lays them out) and `feat_post_mlp` ((T, B, C)), as the authors' hooks do. The package
-itself cannot be imported here: it needs open-clip-torch <= 2.23, torchvision, timm, opencv and matplotlib,
-and torchvision does not load beside the CPU build of torch. Like the authors, the reference repeats the image
-once per prompt and calls autograd once per layer; it stops before their bilinear upsampling and min-max
-normalisation, both display steps that mini_clip leaves to `heatmap` (the grid is what is compared).
+The reference is the authors' code (`legrad-torch` 1.1 on PyPI, legrad/wrapper.py and legrad/utils.py)
+copied step by step onto OpenAI's own `clip/model.py`: its blocks keep `attention_maps` ((B * heads, T, T),
+as torch's multi-head attention lays them out) and `feat_post_mlp` ((T, B, C)), as the authors' hooks do.
+The package itself cannot be imported here: it needs open-clip-torch <= 2.23, torchvision, timm, opencv and
+matplotlib, and torchvision does not load beside the CPU build of torch. Like the authors, the reference
+repeats the image once per prompt and calls autograd once per layer; it stops before their bilinear
+upsampling and min-max normalisation, both display steps that mini_clip leaves to `heatmap` (the grid is
+what is compared).
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import max_rel_diff, openai_clip, random_tokens
 
 from mini_clip import relevance
 from mini_clip.weights import build
-from reference import max_rel_diff, openai_clip, random_tokens
 
 # (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab, text_width, text_heads,
 #  text_layers): 2-3 heads, 4 image blocks so the default (last two), all and one middle start differ.

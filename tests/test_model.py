@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 from mini_clip import PRESETS, CLIPConfig
 from mini_clip.weights import build
-from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 EOT = 49407  # OpenAI's end-of-text id, the largest in the vocabulary
 SOT = 49406
@@ -158,8 +158,8 @@ def test_presets_equal_config_of_openai_shapes(openai_model, name):
 
 
 def test_layers_initialise_as_torchs_own():
-    """Linear, LayerNorm, Conv2d and Embedding skip their init on the meta device only: elsewhere, same values,
-    same random draws."""
+    """Linear, LayerNorm, Conv2d and Embedding skip their init on the meta device only: elsewhere, same
+    values, same random draws."""
     from mini_clip.model import Conv2d, Embedding, LayerNorm, Linear
     layers = {Linear: (torch.nn.Linear, (7, 5)), LayerNorm: (torch.nn.LayerNorm, (7,)),
               Conv2d: (torch.nn.Conv2d, (3, 4, 2)), Embedding: (torch.nn.Embedding, (9, 4))}
@@ -200,7 +200,8 @@ def test_config_rejects_bad_shapes():
 
 def openai_attention_probs(ref, images, tokens):
     """Per-head attention probabilities of every block of OpenAI's model, recomputed from each block's
-    input with nn.MultiheadAttention's own need_weights path: ([image blocks], [text blocks]), (B, nh, T, T)."""
+    input with nn.MultiheadAttention's own need_weights path: ([image blocks], [text blocks]),
+    (B, nh, T, T) each."""
     out = {"image": [], "text": []}
     handles = []
     for tower, blocks in (("image", ref.visual.transformer.resblocks), ("text", ref.transformer.resblocks)):
@@ -351,7 +352,8 @@ def test_gradient_of_attention_matches_finite_difference(case):
             plus, minus = probs.clone(), probs.clone()
             plus[i] += eps
             minus[i] -= eps
-            numeric = (logit_from_probs(x, plus, text_features) - logit_from_probs(x, minus, text_features)) / (2 * eps)
+            numeric = (logit_from_probs(x, plus, text_features)
+                       - logit_from_probs(x, minus, text_features)) / (2 * eps)
             # not a rounding tolerance: central differences with step 1e-5 are off by O(step ** 2) * f'''
             assert abs(float(numeric) - float(grad[i])) < 1e-4 * max(1.0, scale)
 

@@ -3,11 +3,11 @@ import json
 
 import pytest
 import torch
+from reference import max_rel_diff
 from safetensors.torch import load_file, save_file
 
 import mini_clip
 from mini_clip import WeightsError, relevance
-from reference import max_rel_diff
 
 ADVICE = {"method": "chefer", "start_layer": 0, "start_layer_text": 0}
 
