@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from reference import max_rel_diff
+from reference import max_rel_diff, tolerance
 from safetensors.torch import load_file, save_file
 
 import mini_clip
@@ -35,10 +35,14 @@ def test_relevance_follows_the_recommendation_for_its_method_only(advised, tiny_
     got = relevance(model, image, ["a dog", "a red star"])
     want = relevance(plain, image, ["a dog", "a red star"], start_layer=0, start_layer_text=0)
     assert (got.method, got.start_layer, got.start_layer_text) == ("chefer", 0, 0)
-    assert max_rel_diff(got.image, want.image) == 0 and max_rel_diff(got.text_matrix, want.text_matrix) == 0
+    # The same weights from two files: the tensors are read in place from the file (safetensors maps it), and
+    # the metadata moves where they start, so the CPU kernels may sum in another order (seen: 5e-7 on an AMD
+    # EPYC). Equal up to rounding: 4 blocks (2 a tower) of 4 x 64-wide MLPs, forward and backward.
+    tol = tolerance(torch.float32, 4 * 64, depth=2 * 4)
+    assert max_rel_diff(got.image, want.image) <= tol and max_rel_diff(got.text_matrix, want.text_matrix) <= tol
     default = relevance(plain, image, ["a dog"])
     assert (default.start_layer, default.start_layer_text) == (1, 1)  # the original's: last block (of 2)
-    assert max_rel_diff(got.image[:, :1], default.image) > 0  # the recommendation changes the maps
+    assert max_rel_diff(got.image[:, :1], default.image) > 100 * tol  # the recommendation changes the maps
     # another method keeps its own defaults; an explicit start layer wins over the recommendation
     assert relevance(model, image, "a dog", method="attention").start_layer == 1
     assert relevance(model, image, "a dog", start_layer=-1).start_layer == 1
