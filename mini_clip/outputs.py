@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
-from .weights import DEFAULT_WEIGHTS, atomic_write
+from .files import atomic_write
+from .weights import DEFAULT_WEIGHTS
 
 DONE = "result.json"  # per-image record, written after its pictures
 RESULTS = "results.json"  # the run's record, in --out beside the image folders

@@ -27,6 +27,7 @@ from safetensors.torch import save as save_bytes
 
 from . import hf, zoo
 from .archive import MAX_INFLATION, UnsafeArchiveError, check_pickles, check_zip, read_entry
+from .files import atomic_write
 from .image import Preprocessing, preprocess
 from .model import CLIP, PRESETS, STATE_IT, CLIPConfig, summary
 from .relevance import check_recommended
@@ -399,18 +400,3 @@ def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = No
     data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
     atomic_write(path, lambda f: f.write(data))
 
-
-def atomic_write(path: PathLike, write: Callable) -> None:
-    """Write through `write(binary file)` to a temporary file in the same directory, then rename it into
-    place: a reader (or a run killed half-way) sees the file whole or not at all."""
-    path = Path(path)
-    # A name known before the file exists (one writer per process at a time), so the clean-up below can
-    # remove it even when a signal lands between its creation and the first line of the `try`.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # open(), unlike safetensors' own writer, honours the umask
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

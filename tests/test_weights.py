@@ -7,8 +7,8 @@ model that wrote it, computed by OpenAI's code or by transformers.
 import builtins
 import copy
 import dataclasses
-import json
 import io
+import json
 import os
 import pickle
 import shutil
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 import mini_clip
-from mini_clip import WeightsError, weights
+from mini_clip import WeightsError, files
 from mini_clip.weights import build, read_checkpoint
-from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 # torch 2.13 deprecates torch.jit.load, which the tests use only as the independent reader of an archive;
 # the random-file test feeds torch a pickle protocol header it warns about.
@@ -330,7 +330,7 @@ def test_save_is_atomic(tmp_path, monkeypatch, ref, existing):
             super().write(data[:1000])  # half written when the disk fills up
             raise OSError("No space left on device")
 
-    monkeypatch.setattr(weights, "open", lambda name, mode: FullDisk(name, mode), raising=False)
+    monkeypatch.setattr(files, "open", lambda name, mode: FullDisk(name, mode), raising=False)
     with pytest.raises(OSError, match="No space"):
         mini_clip.save(model, path)
     if existing:
