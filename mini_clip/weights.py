@@ -3,7 +3,7 @@ and mini_clip's own safetensors format.
 
 The formats are read by formats.py, which gives every checkpoint as tensors in OpenAI's names with the
 config and preprocessing it states; `read_checkpoint` settles the architecture and refuses what mini_clip
-does not implement, `build` loads strictly, `save` writes mini_clip's format, and `load` puts them
+does not implement, `build` loads strictly, `save` writes mini_clip's format. `loading.load` puts them
 together for a path, a model name or the embedded model.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 from safetensors.torch import save as save_bytes
@@ -23,9 +23,7 @@ from torch import nn
 from . import formats, zoo
 from .files import atomic_write
 from .formats import EXPECTED, WeightsError
-from .image import Preprocessing, preprocess
 from .model import CLIP, STATE_IT, CLIPConfig, summary
-from .relevance import check_recommended
 from .tokenizer import VOCAB_SIZE
 
 PathLike = Union[str, os.PathLike]
@@ -201,51 +199,6 @@ def build(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None, s
         owner, _, name = key.rpartition(".")
         setattr(modules[owner], name, nn.Parameter(value.to(device=device, dtype=dtype)))
     return model.eval()
-
-
-def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
-         dtype: torch.dtype = torch.float32, arch: Optional[str] = None) -> tuple[CLIP, Callable]:
-    """Load a CLIP checkpoint of any supported format, like `clip.load`.
-
-    Args:
-        path: a file or Hugging Face directory; a model name ("ViT-B/32", ...: see mini_clip.download) is
-            downloaded once into the cache; None loads the embedded default model.
-        device: where the model lives.
-        dtype: parameter dtype; fp32 by default (exact), torch.float16/bfloat16 for speed on a GPU.
-        arch: the OpenCLIP architecture (a name of mini_clip.zoo.ARCHS, e.g. "ViT-H-14") of a file that
-            does not state its own; a file that does is read by its own.
-    Returns:
-        (model in eval mode, preprocess: PIL image or path -> tensor (3, R, R) for the model's resolution R,
-        made as the model's images were: `model.preprocessing`).
-    """
-    if path is None:
-        path = DEFAULT_WEIGHTS
-        if not path.exists():
-            raise WeightsError(f"{path}: the embedded default model is missing (and not in "
-                               f"{EMBEDDED[1].parent}); reinstall mini_clip (pip install from its repository, "
-                               "or a wheel built from it) or pass a weights file")
-    elif isinstance(path, str) and "ViT" in path and "/" in path:
-        # A name means the model, as in clip.load, even where a folder of that name exists ("./ViT-B/32" is
-        # the folder). Imported here: download imports this module.
-        from .download import MODELS, OPENCLIP_MODELS, fetch
-        if path in MODELS or path in OPENCLIP_MODELS:
-            path = fetch(path)  # downloaded, verified and converted once, then read from the cache
-        elif not os.path.exists(path):
-            raise WeightsError(f"unknown model {path!r} (and no such file); valid names: "
-                               f"{', '.join([*MODELS, *OPENCLIP_MODELS])}")
-    sd, config, metadata = read_checkpoint(path, arch)
-    model = build(sd, config, str(path), device, dtype)
-    try:
-        model.preprocessing = Preprocessing.from_json(metadata.get("preprocess"))
-    except (ValueError, TypeError, RecursionError) as e:
-        raise WeightsError(f"{path}: damaged preprocessing in the metadata ({str(e)[:300]})") from None
-    if "explain" in metadata:  # the settings its model is best explained with (see relevance.recommended)
-        try:
-            model.recommended = check_recommended(json.loads(metadata["explain"]), model)
-        except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
-            raise WeightsError(f"{path}: damaged explanation settings in the metadata ({str(e)[:300]})") from None
-    return model, functools.partial(preprocess, size=config.image_resolution, preprocessing=model.preprocessing)
-
 
 
 def save(model: CLIP, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> None:

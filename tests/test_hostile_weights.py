@@ -383,7 +383,7 @@ def test_cli_prints_the_warning_as_one_line(tmp_path, embedded_as_state_dict):
 def test_a_model_name_means_the_model_even_where_a_folder_has_its_name(tmp_path, monkeypatch):
     """As clip.load: "ViT-B/32" is OpenAI's model, whatever the current folder holds ("./ViT-B/32" is the
     folder), instead of "a directory without config.json" for a folder the user never meant."""
-    from mini_clip import download
+    from mini_clip import pretrained
     (tmp_path / "ViT-B" / "32").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     asked = []
@@ -392,7 +392,7 @@ def test_a_model_name_means_the_model_even_where_a_folder_has_its_name(tmp_path,
         asked.append(name)
         raise WeightsError(f"{name}: offline")
 
-    monkeypatch.setattr(download, "fetch", fetch)
+    monkeypatch.setattr(pretrained, "fetch", fetch)
     with pytest.raises(WeightsError, match="offline"):
         mini_clip.load("ViT-B/32")
     assert asked == ["ViT-B/32"]

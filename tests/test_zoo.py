@@ -20,16 +20,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from reference import max_rel_diff, perturb_, random_tokens
 from safetensors.torch import save_file
+from test_download import server  # noqa: F401 (the loopback HTTP server fixture)
+from test_relevance import chefer_literal
 
 import mini_clip
-from mini_clip import download, zoo
+from mini_clip import pretrained, zoo
 from mini_clip.heatmap import grid_to_image
 from mini_clip.image import Preprocessing, crop_geometry, preprocess
 from mini_clip.weights import WeightsError
-from reference import max_rel_diff, perturb_, random_tokens
-from test_download import server  # noqa: F401 (the loopback HTTP server fixture)
-from test_relevance import chefer_literal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -412,12 +412,12 @@ def test_named_open_clip_download(open_clip, tmp_path, monkeypatch, server):  # 
     cfg = shrunk(open_clip, "ViT-H-14")
     monkeypatch.setitem(zoo.ARCHS, "ViT-H-14-tiny", cfg)
     inception = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3)
-    monkeypatch.setitem(download.OPENCLIP_MODELS, "ViT-H-14-tiny/test", ("laion/tiny", "ViT-H-14-tiny", inception))
+    monkeypatch.setitem(pretrained.OPENCLIP_MODELS, "ViT-H-14-tiny/test", ("laion/tiny", "ViT-H-14-tiny", inception))
     monkeypatch.delenv("MINI_CLIP_OFFLINE", raising=False)
     reference = open_clip_model(open_clip, cfg)
     hub = hub_folder(tmp_path / "hub", reference, cfg)
     server.files["/laion/tiny/resolve/main/open_clip_model.safetensors"] = (hub / zoo.WEIGHTS_NAMES[0]).read_bytes()
-    path = download.fetch("ViT-H-14-tiny/test", tmp_path / "cache", server.url, progress=False)
+    path = pretrained.fetch("ViT-H-14-tiny/test", tmp_path / "cache", server.url, progress=False)
     assert path.name == "ViT-H-14-tiny-test.safetensors"
     model, _ = load_quietly(path)  # the converted file states the architecture and the preprocessing
     images, tokens = inputs(cfg)
@@ -428,6 +428,6 @@ def test_named_open_clip_download(open_clip, tmp_path, monkeypatch, server):  # 
     other = hub_folder(tmp_path / "other", open_clip_model(open_clip, shrunk(open_clip, "ViT-B-32")),
                        shrunk(open_clip, "ViT-B-32"))
     server.files["/laion/tiny/resolve/main/open_clip_model.safetensors"] = (other / zoo.WEIGHTS_NAMES[0]).read_bytes()
-    with pytest.raises(download.DownloadError, match="is not ViT-H-14-tiny/test"):
-        download.fetch("ViT-H-14-tiny/test", tmp_path / "cache2", server.url, progress=False)
+    with pytest.raises(pretrained.DownloadError, match="is not ViT-H-14-tiny/test"):
+        pretrained.fetch("ViT-H-14-tiny/test", tmp_path / "cache2", server.url, progress=False)
     assert not (tmp_path / "cache2" / "ViT-H-14-tiny-test.safetensors").exists()
