@@ -14,8 +14,8 @@ from typing import Optional
 from .pretrained import BASE_URL, HF_URL, check_name, fetch, names
 from .weights import WeightsError
 
-DESCRIPTION = ("Public CLIP checkpoints by name (OpenAI's, and OpenCLIP's most used): download, verify, resume, "
-               "and convert once to mini_clip's format.")
+DESCRIPTION = ("Public CLIP checkpoints by name (OpenAI's, and OpenCLIP's most used): download, verify, "
+               "resume, and convert once to mini_clip's format.")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -43,10 +43,14 @@ EXPECTED = ("expected a mini_clip .safetensors file, an OpenAI/OpenCLIP .pt chec
 NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what a Hugging Face CLIPModel directory holds
 HF_PREPROCESSOR = "preprocessor_config.json"
+# What a damaged archive or pickle makes zipfile, the unpickler or torch raise.
+DAMAGED = (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
+           TypeError, AttributeError, OSError)
 
 
 class WeightsError(ValueError):
-    """A weights file that cannot be loaded; the message names the file, what was wrong and what was expected."""
+    """A weights file that cannot be loaded; the message names the file, what was wrong and what was
+    expected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +72,7 @@ def _untrusted(path: Path) -> Iterator[None]:
         yield
     except UnsafeArchiveError as e:
         raise WeightsError(f"{path}: refused: {e}; it may be crafted, so it was not loaded") from None
-    except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
-            TypeError, AttributeError, OSError) as e:  # what a damaged archive or pickle makes the reader raise
+    except DAMAGED as e:
         raise WeightsError(f"{path}: damaged archive ({e.__class__.__name__}: {str(e)[:200]})") from None
 
 
@@ -77,10 +80,12 @@ def _is_safetensors(path: Path) -> bool:
     """safetensors files start with an 8-byte little-endian header length, then a JSON object."""
     with open(path, "rb") as f:
         head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= os.path.getsize(path)
+    header_length = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:9] == b"{" and header_length <= os.path.getsize(path)
 
 
 def _is_torchscript(path: Path) -> bool:
+    """A zip archive holding TorchScript's code (see torchscript.is_torchscript)."""
     with _untrusted(path):
         if not zipfile.is_zipfile(path):
             return False
@@ -89,7 +94,7 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _file_format(path: Path) -> str:
-    """The format of a weights file, from its first bytes."""
+    """The format of a weights file (a key of READERS), from its content."""
     if not path.is_file():
         raise WeightsError(f"{path}: no such file ({EXPECTED})")
     if path.stat().st_size == 0:
@@ -101,7 +106,7 @@ def _file_format(path: Path) -> str:
 
 def detect(path: Path) -> str:
     """The format of `path` (a key of READERS): a folder's by the config file in it (or beside a weights
-    file in it), a file's by its first bytes."""
+    file in it), a file's by its content."""
     if path.is_dir() and (path / "config.json").exists():
         return "Hugging Face folder"
     if zoo.find_hub_folder(path) is not None:
@@ -151,13 +156,15 @@ def read_state_dict(path: Path) -> Checkpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # garbage bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
-        raise WeightsError(f"{path}: not a checkpoint or damaged ({EXPECTED}; torch said: {str(e)[:200]})") from None
+        raise WeightsError(f"{path}: not a checkpoint or damaged ({EXPECTED}; torch said: "
+                           f"{str(e)[:200]})") from None
     # OpenCLIP nests the weights under "state_dict" and, trained with DDP, prefixes keys with "module."
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: holds no tensors ({EXPECTED})")
-    return Checkpoint(path, {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)})
+    tensors = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return Checkpoint(path, tensors)
 
 
 def _folder_weights(path: Path, config: CLIPConfig, preprocessing: Optional[Preprocessing]) -> Checkpoint:
@@ -215,8 +222,9 @@ def _check_bytes(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     copy of it (to another dtype or device) can make memory out of nothing."""
     total = sum(v.numel() * v.element_size() for v in tensors.values())
     if total > MAX_INFLATION * path.stat().st_size:
-        raise WeightsError(f"{path}: refused: its tensors hold {total} bytes, {total // path.stat().st_size}x "
-                           "the file's size; weights are stored, not repeated, so it may be crafted")
+        raise WeightsError(f"{path}: refused: its tensors hold {total} bytes, "
+                           f"{total // path.stat().st_size}x the file's size; weights are stored, not "
+                           "repeated, so it may be crafted")
 
 
 def read(path: Path) -> Checkpoint:
@@ -231,11 +239,12 @@ def read(path: Path) -> Checkpoint:
     _check_bytes(tensors, checkpoint.path)
     if hf.is_hf_state_dict(tensors):
         if checkpoint.config is None:
-            raise WeightsError(f"{checkpoint.path}: Hugging Face weights need their config.json: pass the model "
-                               "directory")
+            raise WeightsError(f"{checkpoint.path}: Hugging Face weights need their config.json: pass the "
+                               "model directory")
         try:
             converted, unused = hf.convert_hf_state_dict(tensors)
         except ValueError as e:
             raise WeightsError(f"{checkpoint.path}: {e}") from None
-        tensors = {**converted, **{k: tensors[k] for k in unused}}  # unused ones reported as unexpected, by name
+        # the unused ones stay, to be reported as unexpected by their names
+        tensors = {**converted, **{k: tensors[k] for k in unused}}
     return dataclasses.replace(checkpoint, tensors=tensors, format=fmt)

@@ -41,8 +41,8 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
         path = DEFAULT_WEIGHTS
         if not path.exists():
             raise WeightsError(f"{path}: the embedded default model is missing (and not in "
-                               f"{EMBEDDED[1].parent}); reinstall mini_clip (pip install from its repository, "
-                               "or a wheel built from it) or pass a weights file")
+                               f"{EMBEDDED[1].parent}); reinstall mini_clip (pip install from its "
+                               "repository, or a wheel built from it) or pass a weights file")
     elif isinstance(path, str) and "ViT" in path and "/" in path:
         # A name means the model, as in clip.load, even where a folder of that name exists ("./ViT-B/32" is
         # the folder); fetch refuses what looks like a name and is neither a name nor a file.
@@ -58,5 +58,7 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
         try:
             model.recommended = check_recommended(json.loads(metadata["explain"]), model)
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
-            raise WeightsError(f"{path}: damaged explanation settings in the metadata ({str(e)[:300]})") from None
-    return model, functools.partial(preprocess, size=config.image_resolution, preprocessing=model.preprocessing)
+            raise WeightsError(f"{path}: damaged explanation settings in the metadata "
+                               f"({str(e)[:300]})") from None
+    return model, functools.partial(preprocess, size=config.image_resolution,
+                                    preprocessing=model.preprocessing)

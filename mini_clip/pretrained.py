@@ -39,7 +39,8 @@ MODELS = {
     "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt"),
     "ViT-B/16": ("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", "ViT-B-16.pt"),
     "ViT-L/14": ("b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt"),
-    "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
+    "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+                       "ViT-L-14-336px.pt"),
 }
 assert MODELS.keys() == PRESETS.keys(), "OpenAI's files (MODELS) and architectures (PRESETS) are named alike"
 BASE_URL = "https://openaipublic.azureedge.net/clip/models/"
@@ -110,7 +111,9 @@ def _download(url: str, part: Path, name: str, progress: bool) -> None:
     """
     start = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
-    done, total, shown = start, None, False
+    done = start  # bytes in `part`
+    total = None  # bytes in the whole file, where the server says
+    shown = False  # a progress line was written
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             if response.status == 200:  # a full answer: the server ignored Range (or none was sent)
@@ -127,12 +130,13 @@ def _download(url: str, part: Path, name: str, progress: bool) -> None:
     except urllib.error.HTTPError as e:
         if e.code == 416:  # nothing left after `start`: the part is complete, or too long; the hash decides
             return
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; check the name and --base-url, or download the "
-                            f"file by other means and put it at {part.with_suffix('')}") from None
-    except (urllib.error.URLError, OSError) as e:  # refused, unknown host, timeout (raw or wrapped in URLError)
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; check the name and --base-url, or download "
+                            f"the file by other means and put it at {part.with_suffix('')}") from None
+    except (urllib.error.URLError, OSError) as e:  # refused, unknown host, timeout (raw or in a URLError)
         reason = getattr(e, "reason", None) or e
-        raise DownloadError(f"{url}: could not download ({reason}); check the internet connection or proxy and "
-                            f"run again (it resumes from {part}), or copy a cache made elsewhere") from None
+        raise DownloadError(f"{url}: could not download ({reason}); check the internet connection or proxy "
+                            f"and run again (it resumes from {part}), or copy a cache made "
+                            "elsewhere") from None
     finally:
         if shown:
             sys.stderr.write("\n")
@@ -180,16 +184,17 @@ def fetch(name: str, cache: Optional[PathLike] = None, base_url: Optional[str] =
         pass  # no published hash: the conversion checks its structure
     elif offline:
         raise DownloadError(f"{pt}: missing, and offline mode is on (MINI_CLIP_OFFLINE); on a machine with "
-                            f"internet run `python -m mini_clip.download {name}`, then copy its cache directory "
-                            f"to {folder} (or point MINI_CLIP_CACHE at it)")
+                            f"internet run `python -m mini_clip.download {name}`, then copy its cache "
+                            f"directory to {folder} (or point MINI_CLIP_CACHE at it)")
     else:
         folder.mkdir(parents=True, exist_ok=True)
         _download(url, part, name, progress)
         got = sha256_of(part)
         if sha is not None and got != sha:
             part.unlink()  # a wrong file cannot be resumed into a right one: start afresh next time
-            raise DownloadError(f"{url}: SHA-256 mismatch: expected {sha}, got {got}; the download was deleted, "
-                                "run again (if it repeats, a proxy or mirror is serving another file)")
+            raise DownloadError(f"{url}: SHA-256 mismatch: expected {sha}, got {got}; the download was "
+                                "deleted, run again (if it repeats, a proxy or mirror is serving another "
+                                "file)")
         os.replace(part, pt)
     _convert(pt, converted, name, url, sha)
     return converted

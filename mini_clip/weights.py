@@ -40,19 +40,21 @@ FOREIGN_KEYS = {
     "text.transformer.": "a separate text module (OpenCLIP's CustomTextCLIP or a Hugging Face text tower)",
     "logit_bias": "a logit bias (SigLIP's sigmoid loss)",
 }
+
 # The embedded default: a tiny CLIP trained on mini_clip.scenes (see scripts/train_scenes.py). Its home is
 # the repository's weights/ (a clone, `pip install -e .`); wheels and plain installs carry it in
 # mini_clip/embedded/ (setup.cfg maps the package mini_clip.embedded to weights/), which is looked at first.
 _PACKAGE = Path(__file__).resolve().parent
-EMBEDDED = [folder / "scenes-vit-t8.safetensors" for folder in (_PACKAGE / "embedded", _PACKAGE.parent / "weights")]
+EMBEDDED = [folder / "scenes-vit-t8.safetensors"
+            for folder in (_PACKAGE / "embedded", _PACKAGE.parent / "weights")]
 DEFAULT_WEIGHTS = next((path for path in EMBEDDED if path.exists()), EMBEDDED[0])
 
 
 def _warn_openai_rules(path: Path, config: CLIPConfig) -> None:
     warnings.warn(f"{path} states no architecture, so it is read by OpenAI's rules (heads = width // 64: "
-                  f"{config.vision_heads} image and {config.transformer_heads} text heads; QuickGELU; LayerNorm "
-                  f"eps 1e-5); if it was trained otherwise (OpenCLIP's LAION/DataComp models use GELU, ViT-H "
-                  f"head width 80) its outputs are wrong: {STATE_IT}", UserWarning, stacklevel=3)
+                  f"{config.vision_heads} image and {config.transformer_heads} text heads; QuickGELU; "
+                  f"LayerNorm eps 1e-5); if it was trained otherwise (OpenCLIP's LAION/DataComp models use "
+                  f"GELU, ViT-H head width 80) its outputs are wrong: {STATE_IT}", UserWarning, stacklevel=3)
 
 
 def _warn_preprocessing_assumed(path: Path, arch: str) -> None:
@@ -81,7 +83,8 @@ def refuse_foreign(sd: Mapping[str, torch.Tensor], source: str) -> None:
                            "CLIP only (see the README's table of what loads)")
 
 
-def read_checkpoint(path: PathLike, arch: Optional[str] = None) -> tuple[dict[str, torch.Tensor], CLIPConfig, dict]:
+def read_checkpoint(path: PathLike, arch: Optional[str] = None
+                    ) -> tuple[dict[str, torch.Tensor], CLIPConfig, dict]:
     """Read any supported checkpoint.
 
     The architecture comes from, in this order: mini_clip's metadata; a Hugging Face config.json; an
@@ -184,8 +187,8 @@ def build(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None, s
     check_config(sd, config, source)
     if config.vocab_size != VOCAB_SIZE:
         raise WeightsError(f"{source}: its vocabulary has {config.vocab_size} tokens; mini_clip's tokenizer "
-                           f"(OpenAI's BPE) has {VOCAB_SIZE}, so its texts cannot be tokenized for it (another "
-                           "tokenizer: MetaCLIP 2's XLM-V, mT5, BERT)")
+                           f"(OpenAI's BPE) has {VOCAB_SIZE}, so its texts cannot be tokenized for it "
+                           "(another tokenizer: MetaCLIP 2's XLM-V, mT5, BERT)")
     check_state_dict(sd, config, source)
     for k, v in sd.items():
         if not v.is_floating_point():

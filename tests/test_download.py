@@ -48,7 +48,8 @@ def checkpoint(tmp_path_factory, openai_model):
         torch.jit.save(torch.jit.trace(model, (images, tokens), check_trace=False), str(path))
         logits = model(images, tokens)[0]
     data = path.read_bytes()
-    return SimpleNamespace(data=data, sha=hashlib.sha256(data).hexdigest(), inputs=(images, tokens), logits=logits)
+    return SimpleNamespace(data=data, sha=hashlib.sha256(data).hexdigest(), inputs=(images, tokens),
+                           logits=logits)
 
 
 @pytest.fixture
@@ -147,7 +148,8 @@ def test_cached_pt_is_reverified_then_converted_without_network(tmp_path, served
 def test_cut_off_download_resumes_with_range(tmp_path, served, checkpoint):
     served.cut = 1  # first request only
     half, n = len(checkpoint.data) // 2, len(checkpoint.data)
-    with pytest.raises(DownloadError, match=f"connection closed after {half} of {n} bytes; run again to resume"):
+    closed = f"connection closed after {half} of {n} bytes; run again to resume"
+    with pytest.raises(DownloadError, match=closed):
         fetch(NAME, tmp_path, served.url, progress=False)
     assert (tmp_path / (FILE + ".part")).stat().st_size == half
     assert not (tmp_path / FILE).exists()
@@ -159,7 +161,8 @@ def test_cut_off_download_resumes_with_range(tmp_path, served, checkpoint):
 
 
 @pytest.mark.parametrize("part, ignore_range", [("junk", True), ("complete", False)])
-def test_resume_when_server_ignores_range_or_part_is_complete(tmp_path, served, checkpoint, part, ignore_range):
+def test_resume_when_server_ignores_range_or_part_is_complete(tmp_path, served, checkpoint, part,
+                                                              ignore_range):
     """200 to a Range request: restart from zero; 416 (nothing after the part): verify the part as it is."""
     served.ignore_range = ignore_range
     (tmp_path / (FILE + ".part")).write_bytes(b"x" * 1000 if part == "junk" else checkpoint.data)
