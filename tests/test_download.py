@@ -266,8 +266,11 @@ def test_cli_errors_are_one_line(tmp_path, server):
 
 def test_load_by_name(tmp_path, monkeypatch, checkpoint):
     with pytest.raises(WeightsError, match=r"unknown model 'ViT-B/99'.*valid names: ViT-B/32, ViT-B/16, "
-                                           r"ViT-L/14, ViT-L/14@336px"):
+                                           r"ViT-L/14, ViT-L/14@336px") as by_load:
         mini_clip.load("ViT-B/99")
+    with pytest.raises(WeightsError) as by_name:
+        pretrained.check_name("ViT-B/99")
+    assert str(by_load.value) == str(by_name.value)  # one check of a name, one message
     monkeypatch.setenv("MINI_CLIP_CACHE", str(tmp_path))
     monkeypatch.setenv("MINI_CLIP_OFFLINE", "1")
     with pytest.raises(DownloadError, match=f"{tmp_path / 'ViT-B-32.pt'}: missing, and offline"):

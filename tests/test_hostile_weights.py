@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import mini_clip
-from mini_clip import WeightsError
+from mini_clip import WeightsError, pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "weights" / "scenes-vit-t8.safetensors"  # 4 heads per tower at width 128
@@ -389,7 +389,6 @@ def test_cli_prints_the_warning_as_one_line(tmp_path, embedded_as_state_dict):
 def test_a_model_name_means_the_model_even_where_a_folder_has_its_name(tmp_path, monkeypatch):
     """As clip.load: "ViT-B/32" is OpenAI's model, whatever the current folder holds ("./ViT-B/32" is the
     folder), instead of "a directory without config.json" for a folder the user never meant."""
-    from mini_clip import pretrained
     (tmp_path / "ViT-B" / "32").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     asked = []
