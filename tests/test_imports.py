@@ -8,43 +8,50 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mini_clip"
 
 
-def package_imports(path: Path) -> tuple[set[str], list[int]]:
-    """(the package's modules `path` imports, the lines where it imports one inside a function)."""
+def module_name(path: Path) -> str:
+    """mini_clip.weights for mini_clip/weights.py, mini_clip.scenes for mini_clip/scenes/__init__.py."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(path: Path, modules: set[str]) -> tuple[set[str], list[int]]:
+    """(the package's modules that `path` imports, the lines where it imports one inside a function)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     top_level = {id(node) for node in tree.body}
+    here = module_name(path) if path.stem == "__init__" else module_name(path).rpartition(".")[0]
     found = set()
     nested = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            source = f"mini_clip.{node.module}" if node.level == 1 and node.module else node.module
-            names = [f"mini_clip.{a.name}" for a in node.names] if node.level == 1 and not node.module \
-                else [source or ""]
+            base = ".".join(here.split(".")[: len(here.split(".")) - node.level + 1]) if node.level else ""
+            source = ".".join(filter(None, (base, node.module)))
+            names = {source} | {f"{source}.{alias.name}" for alias in node.names}  # a name may be a module
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            names = {alias.name for alias in node.names}
         else:
             continue
-        modules = {n.split(".")[1] for n in names if n.startswith("mini_clip.")}
-        modules = {m for m in modules if (PACKAGE / f"{m}.py").exists() or (PACKAGE / m).is_dir()}
-        found |= modules
-        if modules and id(node) not in top_level:
+        imported = names & modules
+        found |= imported
+        if imported and id(node) not in top_level:
             nested.append(node.lineno)
     return found, nested
 
 
 def test_imports_form_no_cycle_and_none_hides_in_a_function():
+    files = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
     graph = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        if path.stem == "__init__":
-            continue
-        graph[path.stem], nested = package_imports(path)
+    for name, path in files.items():
+        graph[name], nested = package_imports(path, set(files) - {"mini_clip"})
         assert not nested, f"{path.name} imports the package inside a function, at lines {nested}"
+    # the check sees imports: `from . import pretrained` and `from .weights import ...`
+    assert graph["mini_clip.loading"] >= {"mini_clip.pretrained", "mini_clip.weights"}
     done = set()
 
     def visit(module: str, chain: list[str]) -> None:
         assert module not in chain, f"import cycle: {' -> '.join(chain[chain.index(module):] + [module])}"
         if module in done:
             return
-        for imported in sorted(graph.get(module, ())):
+        for imported in sorted(graph[module]):
             visit(imported, chain + [module])
         done.add(module)
 
