@@ -22,7 +22,8 @@ import torch
 MAX_INFLATION = 8
 
 # What a checkpoint's pickle may name besides torch's storage classes and dtypes: tensors and plain
-# containers (torch's own weights-only reader allows these too; anything else is what a crafted file asks for).
+# containers (torch's own weights-only reader allows these too; anything else is what a crafted file asks
+# for).
 SAFE_GLOBALS = {
     ("collections", "OrderedDict"), ("torch", "Size"), ("torch", "device"),
     ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
@@ -53,9 +54,9 @@ def check_zip(archive: zipfile.ZipFile, file_size: int) -> None:
     """Refuse an archive whose entries declare more than MAX_INFLATION times the file's size."""
     declared = sum(info.file_size for info in archive.infolist())
     if declared > MAX_INFLATION * file_size:
-        raise UnsafeArchiveError(f"its entries declare {declared} bytes uncompressed, {declared // file_size}x "
-                                 f"the file's {file_size} bytes (weights do not compress past "
-                                 f"{MAX_INFLATION}x; a zip bomb does)")
+        raise UnsafeArchiveError(f"its entries declare {declared} bytes uncompressed, "
+                                 f"{declared // file_size}x the file's {file_size} bytes (weights do not "
+                                 f"compress past {MAX_INFLATION}x; a zip bomb does)")
 
 
 def read_entry(archive: zipfile.ZipFile, name: str, size: Union[int, None] = None) -> bytes:

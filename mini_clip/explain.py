@@ -20,13 +20,14 @@ from typing import Iterator, Optional
 from .arguments import SIZE_FLAGS, START_FLAGS, UsageError, check_device, find_images, parse_args, read_texts
 from .folder import check_sizes, explain_folder
 from .image import ImageError
+from .loading import load
 from .model import CLIP
 from .outputs import RESULTS, OutputError, RunSettings, write
 from .relevance import PreparedTexts, prepare_texts, settings
 from .terminal import PROG, Progress, describe, error, report, warning
 from .tokenizer import TextTooLong
 from .torchrun import Records, gather, ranks, start_group
-from .weights import WeightsError, load
+from .weights import WeightsError
 
 
 @contextmanager

@@ -53,14 +53,16 @@ def _expand(table: Mapping[str, object]) -> dict[str, object]:
             for k, v in table.items() for p in ("weight", "bias") if "{p}" in k or p == "weight"}
 
 
-TOP_LEVEL_KEYS, BLOCK_KEYS = _expand(TOP_LEVEL), _expand(BLOCK)
+TOP_LEVEL_KEYS = _expand(TOP_LEVEL)
+BLOCK_KEYS = _expand(BLOCK)
 
 
 # Block suffix and top-level key, Hugging Face -> OpenAI: the tables above read the other way.
 OPENAI_SUFFIX = {theirs: ours for ours, sources in BLOCK_KEYS.items() for theirs in sources}
 OPENAI_TOP_LEVEL = {theirs: ours for ours, theirs in TOP_LEVEL_KEYS.items()}
 
-# CLIPConfig field -> (part of config.json or None for the top level, Hugging Face key, transformers' default).
+# CLIPConfig field -> (part of config.json or None for the top level, Hugging Face key, transformers'
+# default).
 # The defaults are transformers' CLIPTextConfig / CLIPVisionConfig defaults (ViT-B/32).
 CONFIG_FIELDS = {
     "embed_dim": (None, "projection_dim", 512),
@@ -113,7 +115,8 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor]) -> tuple[dict, list[st
     Raises:
         ValueError: q, k and v projections that cannot be joined, or a projection that is not a matrix.
     """
-    out, used = {}, set(IGNORED)
+    out = {}
+    used = set(IGNORED)
     for key in sorted({openai_key(k) for k in hf} - {None}):
         sources = hf_sources(key)
         if not all(s in hf for s in sources):
@@ -154,12 +157,13 @@ def config_from_hf(path: Path) -> CLIPConfig:
         check_size(f"{part + '.' if part else ''}{key}", fields[field])
     model_type = c.get("model_type", "clip")
     if model_type != "clip":
-        raise ValueError(f"model_type is {model_type!r:.40}, not 'clip': a {model_type:.40} model is not OpenAI's "
-                         "CLIP architecture, and mini_clip reads CLIPModel checkpoints only")
+        raise ValueError(f"model_type is {model_type!r:.40}, not 'clip': a {model_type:.40} model is not "
+                         "OpenAI's CLIP architecture, and mini_clip reads CLIPModel checkpoints only")
     eos = parts["text_config"].get("eos_token_id", EOT)
     if eos not in OPENAI_POOLING:
-        raise ValueError(f"text_config.eos_token_id is {eos!r:.40}: the text feature is read at that token, not "
-                         f"at OpenAI's end-of-text (the largest id, {EOT}), which mini_clip's text tower reads")
+        raise ValueError(f"text_config.eos_token_id is {eos!r:.40}: the text feature is read at that token, "
+                         f"not at OpenAI's end-of-text (the largest id, {EOT}), which mini_clip's text tower "
+                         "reads")
     towers = {}
     for name, width, inner_default in (("text_config", fields["transformer_width"], 2048),
                                        ("vision_config", fields["vision_width"], 3072)):

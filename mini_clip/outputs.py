@@ -21,10 +21,11 @@ from typing import Callable, Optional, Sequence
 
 from PIL import Image
 
+from .files import atomic_write
 from .heatmap import contact_sheet, overlays
 from .image import CropGeometry
 from .relevance import Relevance
-from .weights import DEFAULT_WEIGHTS, atomic_write
+from .weights import DEFAULT_WEIGHTS
 
 DONE = "result.json"  # per-image record, written after its pictures
 RESULTS = "results.json"  # the run's record, in --out beside the image folders

@@ -27,7 +27,8 @@ from .archive import UnsafeArchiveError, read_entry
 STORAGE_DTYPES = {
     "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
 }
 
 
@@ -49,7 +50,8 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_ignored)
         raise UnsafeArchiveError(f"a tensor record has offset {offset!r:.20}, size {size!r:.40}, stride "
                                  f"{stride!r:.40}; expected whole numbers, one stride per dimension")
     if math.prod(size) > storage.numel():
-        raise UnsafeArchiveError(f"a tensor of size {size!r:.60} views a storage of {storage.numel()} elements")
+        raise UnsafeArchiveError(f"a tensor of size {size!r:.60} views a storage of {storage.numel()} "
+                                 "elements")
     return storage.as_strided(size, stride, offset)
 
 
@@ -60,7 +62,8 @@ def _rebuild_parameter(data: torch.Tensor, *_ignored) -> torch.Tensor:
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
         super().__init__(io.BytesIO(data))
-        self.archive, self.prefix = archive, prefix
+        self.archive = archive
+        self.prefix = prefix  # "<name>/": where data.pkl and data/<key> are
         self.storages: dict[str, torch.Tensor] = {}  # read once each, however many tensors name them
 
     def find_class(self, module: str, name: str):
@@ -78,9 +81,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         # ('storage', dtype, key, location, numel): a flat tensor over the bytes of data/<key>
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], torch.dtype)):
             raise UnsafeArchiveError(f"unexpected persistent id {pid!r:.80}")
-        dtype, key, numel = pid[1], pid[2], pid[4]
+        _, dtype, key, _, numel = pid
         if not (isinstance(key, str) and key.isdigit() and type(numel) is int and numel >= 0):
             raise UnsafeArchiveError(f"a storage record names {key!r:.40} with {numel!r:.40} elements; "
                                      "torch writes a number and a count")
@@ -94,7 +98,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def is_torchscript(archive: zipfile.ZipFile) -> bool:
-    """TorchScript archives carry their code (`<name>/code/...`) and `constants.pkl`; torch.save zips do not."""
+    """TorchScript archives carry their code (`<name>/code/...`) and `constants.pkl`; torch.save zips do
+    not."""
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
 
 

@@ -1,4 +1,5 @@
-"""OpenCLIP's ViT CLIPs: their configs read into CLIPConfig, or refused naming what mini_clip does not implement.
+"""OpenCLIP's ViT CLIPs: their configs read into CLIPConfig, or refused naming what mini_clip does not
+implement.
 
 OpenCLIP describes a model by a JSON config (`open_clip/model_configs/<name>.json`; in a Hugging Face hub
 folder, `open_clip_config.json` holds it as `model_cfg`, beside `preprocess_cfg`). Its ViT CLIPs are OpenAI's
@@ -28,9 +29,10 @@ def _vit(embed_dim: int, image_size: int, layers: int, width: int, patch_size: i
          text_heads: int, text_layers: int, head_width: int = 64, mlp_ratio: float = 4.0,
          quick_gelu: bool = False) -> dict:
     """One OpenCLIP model config (its JSON's fields), for a ViT with OpenAI's text tower."""
-    vision = dict(image_size=image_size, layers=layers, width=width, patch_size=patch_size, head_width=head_width,
-                  mlp_ratio=mlp_ratio)
-    text = dict(context_length=77, vocab_size=VOCAB_SIZE, width=text_width, heads=text_heads, layers=text_layers)
+    vision = dict(image_size=image_size, layers=layers, width=width, patch_size=patch_size,
+                  head_width=head_width, mlp_ratio=mlp_ratio)
+    text = dict(context_length=77, vocab_size=VOCAB_SIZE, width=text_width, heads=text_heads,
+                layers=text_layers)
     return dict(embed_dim=embed_dim, quick_gelu=quick_gelu, vision_cfg=vision, text_cfg=text)
 
 
@@ -78,10 +80,10 @@ FEATURES = {
                    "final_ln_after_pool": "ln_post after pooling", "act_kwargs": "activation arguments",
                    "norm_kwargs": "LayerNorm arguments", "proj_bias": "a projection bias"},
     "text_cfg": {"hf_model_name": "a Hugging Face text tower", "hf_tokenizer_name": "another tokenizer",
-                 "ls_init_value": "layer scale", "no_causal_mask": "no causal mask", "embed_cls": "a class token",
-                 "proj_bias": "a projection bias", "act_kwargs": "activation arguments",
-                 "norm_kwargs": "LayerNorm arguments", "eos_id": "pooling at an end-of-text id",
-                 "tokenizer_kwargs": "tokenizer arguments"},
+                 "ls_init_value": "layer scale", "no_causal_mask": "no causal mask",
+                 "embed_cls": "a class token", "proj_bias": "a projection bias",
+                 "act_kwargs": "activation arguments", "norm_kwargs": "LayerNorm arguments",
+                 "eos_id": "pooling at an end-of-text id", "tokenizer_kwargs": "tokenizer arguments"},
     None: {"multimodal_cfg": "CoCa's text decoder", "custom_text": "a separate text module (text.*)",
            "init_logit_bias": "a logit bias (SigLIP)"},
 }
@@ -108,7 +110,8 @@ def config_from_open_clip(cfg: object) -> CLIPConfig:
         ValueError: not an object, a ResNet or any structure mini_clip does not implement (named), a
             vocabulary or tokenizer other than OpenAI's, or sizes that CLIPConfig refuses.
     """
-    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("vision_cfg", "text_cfg")):
+    towers = ("vision_cfg", "text_cfg")
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in towers):
         raise ValueError("an OpenCLIP model config is a JSON object with vision_cfg and text_cfg objects")
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     found = _foreign(None, cfg) + _foreign("vision_cfg", vision) + _foreign("text_cfg", text)
@@ -118,12 +121,13 @@ def config_from_open_clip(cfg: object) -> CLIPConfig:
     if vocab != VOCAB_SIZE:
         found.append(f"a vocabulary of {vocab!r:.20} tokens (OpenAI's tokenizer has {VOCAB_SIZE})")
     if found:
-        raise ValueError(f"an OpenCLIP model with {summary(found, 4)}: mini_clip implements OpenAI's ViT CLIP "
-                         "only (see the README's table of what loads)")
+        raise ValueError(f"an OpenCLIP model with {summary(found, 4)}: mini_clip implements OpenAI's ViT "
+                         "CLIP only (see the README's table of what loads)")
     size = vision.get("image_size", 224)
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         size = size[0]  # OpenCLIP allows (H, W); mini_clip's inputs are square
-    width, text_width = vision.get("width", 768), text.get("width", 512)
+    width = vision.get("width", 768)
+    text_width = text.get("width", 512)
     head_width = vision.get("head_width", 64)
     for name, value in (("vision_cfg.width", width), ("vision_cfg.head_width", head_width),
                         ("text_cfg.width", text_width)):
@@ -139,7 +143,8 @@ def config_from_open_clip(cfg: object) -> CLIPConfig:
         vision_heads=width // head_width,
         vision_mlp_width=_mlp_width("vision_cfg", width, vision.get("mlp_ratio", 4.0)),
         transformer_mlp_width=_mlp_width("text_cfg", text_width, text.get("mlp_ratio", 4.0)),
-        activation="quick_gelu" if cfg.get("quick_gelu", False) is True else "gelu",  # OpenCLIP's default: GELU
+        # OpenCLIP's default is GELU
+        activation="quick_gelu" if cfg.get("quick_gelu", False) is True else "gelu",
     )
 
 

@@ -19,8 +19,8 @@ def main() -> int:
     p.add_argument("src", help="checkpoint file, Hugging Face directory or model name")
     p.add_argument("dst", help="the .safetensors file to write")
     p.add_argument("--half", action="store_true", help="store fp16 (half the size; OpenAI's own precision)")
-    p.add_argument("--arch", help="OpenCLIP architecture of a file that does not state its own, e.g. ViT-H-14 "
-                                  "(names: mini_clip.zoo.ARCHS)")
+    p.add_argument("--arch", help="OpenCLIP architecture of a file that does not state its own, e.g. "
+                                  "ViT-H-14 (names: mini_clip.zoo.ARCHS)")
     args = p.parse_args()
     try:
         with warnings.catch_warnings(record=True) as caught:  # the loader's warnings, one line each

@@ -22,12 +22,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 import mini_clip
-from mini_clip import WeightsError, download
-from mini_clip.download import DownloadError, fetch
+from mini_clip import WeightsError, pretrained
 from mini_clip.image import load_image, resize_and_crop
-from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
+from mini_clip.pretrained import DownloadError, fetch
 
 NAME, FILE = "ViT-T/test", "ViT-T-test.pt"
 CONVERTED = "ViT-T-test.safetensors"
@@ -48,7 +48,8 @@ def checkpoint(tmp_path_factory, openai_model):
         torch.jit.save(torch.jit.trace(model, (images, tokens), check_trace=False), str(path))
         logits = model(images, tokens)[0]
     data = path.read_bytes()
-    return SimpleNamespace(data=data, sha=hashlib.sha256(data).hexdigest(), inputs=(images, tokens), logits=logits)
+    return SimpleNamespace(data=data, sha=hashlib.sha256(data).hexdigest(), inputs=(images, tokens),
+                           logits=logits)
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def server():
 @pytest.fixture
 def served(monkeypatch, server, checkpoint):
     """The checkpoint registered as NAME and served at its <sha>/<file> path."""
-    monkeypatch.setitem(download.MODELS, NAME, (checkpoint.sha, FILE))
+    monkeypatch.setitem(pretrained.MODELS, NAME, (checkpoint.sha, FILE))
     server.files[f"/{checkpoint.sha}/{FILE}"] = checkpoint.data
     monkeypatch.delenv("MINI_CLIP_OFFLINE", raising=False)
     return server
@@ -147,7 +148,8 @@ def test_cached_pt_is_reverified_then_converted_without_network(tmp_path, served
 def test_cut_off_download_resumes_with_range(tmp_path, served, checkpoint):
     served.cut = 1  # first request only
     half, n = len(checkpoint.data) // 2, len(checkpoint.data)
-    with pytest.raises(DownloadError, match=f"connection closed after {half} of {n} bytes; run again to resume"):
+    closed = f"connection closed after {half} of {n} bytes; run again to resume"
+    with pytest.raises(DownloadError, match=closed):
         fetch(NAME, tmp_path, served.url, progress=False)
     assert (tmp_path / (FILE + ".part")).stat().st_size == half
     assert not (tmp_path / FILE).exists()
@@ -159,7 +161,8 @@ def test_cut_off_download_resumes_with_range(tmp_path, served, checkpoint):
 
 
 @pytest.mark.parametrize("part, ignore_range", [("junk", True), ("complete", False)])
-def test_resume_when_server_ignores_range_or_part_is_complete(tmp_path, served, checkpoint, part, ignore_range):
+def test_resume_when_server_ignores_range_or_part_is_complete(tmp_path, served, checkpoint, part,
+                                                              ignore_range):
     """200 to a Range request: restart from zero; 416 (nothing after the part): verify the part as it is."""
     served.ignore_range = ignore_range
     (tmp_path / (FILE + ".part")).write_bytes(b"x" * 1000 if part == "junk" else checkpoint.data)
@@ -170,7 +173,7 @@ def test_resume_when_server_ignores_range_or_part_is_complete(tmp_path, served, 
 
 def test_wrong_hash_is_refused_and_cleaned_up(tmp_path, monkeypatch, served, checkpoint):
     wrong = "0" * 64
-    monkeypatch.setitem(download.MODELS, NAME, (wrong, FILE))
+    monkeypatch.setitem(pretrained.MODELS, NAME, (wrong, FILE))
     served.files[f"/{wrong}/{FILE}"] = checkpoint.data
     (tmp_path / "ViT-B-32.safetensors").write_bytes(b"someone else's file")
     with pytest.raises(DownloadError) as e:
@@ -181,7 +184,7 @@ def test_wrong_hash_is_refused_and_cleaned_up(tmp_path, monkeypatch, served, che
 
 
 def test_404_is_one_clear_line(tmp_path, monkeypatch, server, checkpoint):
-    monkeypatch.setitem(download.MODELS, NAME, (checkpoint.sha, FILE))  # registered but not served
+    monkeypatch.setitem(pretrained.MODELS, NAME, (checkpoint.sha, FILE))  # registered but not served
     with pytest.raises(DownloadError) as e:
         fetch(NAME, tmp_path, server.url, progress=False)
     msg = str(e.value)
@@ -191,7 +194,7 @@ def test_404_is_one_clear_line(tmp_path, monkeypatch, server, checkpoint):
 
 
 def test_refused_connection_is_one_clear_line(tmp_path, monkeypatch, checkpoint):
-    monkeypatch.setitem(download.MODELS, NAME, (checkpoint.sha, FILE))
+    monkeypatch.setitem(pretrained.MODELS, NAME, (checkpoint.sha, FILE))
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it now
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -204,7 +207,7 @@ def test_refused_connection_is_one_clear_line(tmp_path, monkeypatch, checkpoint)
 
 
 def test_timeout_is_one_clear_line(tmp_path, monkeypatch, served):
-    monkeypatch.setattr(download, "TIMEOUT_S", 0.2)
+    monkeypatch.setattr(pretrained, "TIMEOUT_S", 0.2)
     served.stall = 1.0
     with pytest.raises(DownloadError, match=r"could not download \(.*timed out") as e:
         fetch(NAME, tmp_path, served.url, progress=False)
@@ -241,7 +244,8 @@ def run_cli(*args, code=None):
 
 def test_cli_fetches_and_prints_the_path(tmp_path, served, checkpoint):
     # the fake name exists only in this process: register it in the child, then run the CLI's main()
-    code = (f"import sys, mini_clip.download as d; d.MODELS[{NAME!r}] = ({checkpoint.sha!r}, {FILE!r}); "
+    code = (f"import sys, mini_clip.pretrained as p, mini_clip.download as d; "
+            f"p.MODELS[{NAME!r}] = ({checkpoint.sha!r}, {FILE!r}); "
             "sys.exit(d.main(sys.argv[1:]))")
     result = run_cli(NAME, "--cache", tmp_path, "--base-url", served.url, code=code)
     assert result.returncode == 0, result.stderr
@@ -257,13 +261,16 @@ def test_cli_errors_are_one_line(tmp_path, server):
     missing = run_cli("ViT-B/32", "--cache", tmp_path, "--base-url", server.url)  # the server has no files
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
-    assert f"{server.url}{download.MODELS['ViT-B/32'][0]}/ViT-B-32.pt: HTTP 404" in missing.stderr
+    assert f"{server.url}{pretrained.MODELS['ViT-B/32'][0]}/ViT-B-32.pt: HTTP 404" in missing.stderr
 
 
 def test_load_by_name(tmp_path, monkeypatch, checkpoint):
     with pytest.raises(WeightsError, match=r"unknown model 'ViT-B/99'.*valid names: ViT-B/32, ViT-B/16, "
-                                           r"ViT-L/14, ViT-L/14@336px"):
+                                           r"ViT-L/14, ViT-L/14@336px") as by_load:
         mini_clip.load("ViT-B/99")
+    with pytest.raises(WeightsError) as by_name:
+        pretrained.check_name("ViT-B/99")
+    assert str(by_load.value) == str(by_name.value)  # one check of a name, one message
     monkeypatch.setenv("MINI_CLIP_CACHE", str(tmp_path))
     monkeypatch.setenv("MINI_CLIP_OFFLINE", "1")
     with pytest.raises(DownloadError, match=f"{tmp_path / 'ViT-B-32.pt'}: missing, and offline"):
@@ -279,7 +286,7 @@ def test_load_by_name(tmp_path, monkeypatch, checkpoint):
 @pytest.fixture(scope="module")
 def real_b32():
     """OpenAI's ViT-B/32 from the cache (converted or the original .pt) and the README's CLIP.png."""
-    folder = download.cache_dir()
+    folder = pretrained.cache_dir()
     found = [p for p in (folder / "ViT-B-32.safetensors", folder / "ViT-B-32.pt") if p.exists()]
     if not found:
         pytest.skip(f"needs {folder / 'ViT-B-32.safetensors'} (or ViT-B-32.pt): download ViT-B/32 with "

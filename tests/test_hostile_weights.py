@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import mini_clip
-from mini_clip import WeightsError
+from mini_clip import WeightsError, pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "weights" / "scenes-vit-t8.safetensors"  # 4 heads per tower at width 128
@@ -61,7 +61,8 @@ def tiny_config(tiny_weights: Path) -> dict:
 
 
 CONFIG_EDITS = {  # name: (edit of the config dict, or a string replacing the config, words expected)
-    "20000 image blocks": ({"vision_layers": 20000}, ["vision_layers is 20000 in the config, 2 in the tensors"]),
+    "20000 image blocks": ({"vision_layers": 20000},
+                           ["vision_layers is 20000 in the config, 2 in the tensors"]),
     "10**7 text blocks": ({"transformer_layers": 10 ** 7}, ["transformer_layers", "10000000"]),
     "layers 0": ({"vision_layers": 0}, ["vision_layers is 0", "from 1"]),
     "negative width": ({"vision_width": -64}, ["vision_width is -64"]),
@@ -77,7 +78,8 @@ CONFIG_EDITS = {  # name: (edit of the config dict, or a string replacing the co
     "context 0": ({"context_length": 0}, ["context_length is 0"]),
     "huge vocab": ({"vocab_size": 2 ** 24}, ["vocab_size is 16777216 in the config, 49408 in the tensors"]),
     "embed_dim 0": ({"embed_dim": 0}, ["embed_dim is 0"]),
-    "resolution not a multiple of the patch": ({"image_resolution": 36}, ["not a multiple of the patch size"]),
+    "resolution not a multiple of the patch": ({"image_resolution": 36},
+                                               ["not a multiple of the patch size"]),
     "unknown key": ({"bogus": 1}, ["unknown fields bogus"]),
     "missing key": ({"embed_dim": None, "__delete__": "embed_dim"}, ["lacks embed_dim"]),
     "a JSON list": ("[32, 32, 2, 64, 8]", ["a JSON list, not an object"]),
@@ -123,8 +125,10 @@ HF_EDITS = {  # name: (part, key, value) or the whole file's text; words expecte
     "vision_config a list": ((None, "vision_config", [1]), ["vision_config is a JSON list"]),
     "hidden_size 0": (("vision_config", "hidden_size", 0), ["vision_config.hidden_size is 0"]),
     "negative layers": (("text_config", "num_hidden_layers", -2), ["text_config.num_hidden_layers is -2"]),
-    "image_size a float": (("vision_config", "image_size", 64.0), ["vision_config.image_size is 64.0 (float)"]),
-    "heads a string": (("text_config", "num_attention_heads", "2"), ["text_config.num_attention_heads is '2'"]),
+    "image_size a float": (("vision_config", "image_size", 64.0),
+                           ["vision_config.image_size is 64.0 (float)"]),
+    "heads a string": (("text_config", "num_attention_heads", "2"),
+                       ["text_config.num_attention_heads is '2'"]),
     "heads not dividing": (("vision_config", "num_attention_heads", 5), ["vision_width 64 is not divisible"]),
     "20000 layers": (("vision_config", "num_hidden_layers", 20000), ["vision_layers is 20000 in the config"]),
     "not UTF-8": ("\udcff", ["config.json"]),
@@ -292,8 +296,10 @@ def test_a_tensor_viewing_more_than_it_stores_is_refused(tmp_path, tiny_weights)
     (lambda sd: sd.update({"visual.proj": torch.tensor(1.0)}), ["visual.proj has shape ()"]),
     (lambda sd: sd.update({"visual.conv1.weight": torch.zeros(64, 3)}),
      ["visual.conv1.weight has shape (64, 3)"]),
-    (lambda sd: sd.update({"visual.proj": sd["visual.proj"].to(torch.complex64)}), ["visual.proj", "complex64"]),
-    (lambda sd: sd.update({"ln_final.weight": sd["ln_final.weight"].bool()}), ["ln_final.weight", "torch.bool"]),
+    (lambda sd: sd.update({"visual.proj": sd["visual.proj"].to(torch.complex64)}),
+     ["visual.proj", "complex64"]),
+    (lambda sd: sd.update({"ln_final.weight": sd["ln_final.weight"].bool()}),
+     ["ln_final.weight", "torch.bool"]),
     (lambda sd: sd.update({"visual.extra": torch.zeros(1 << 20, 0)}), ["unexpected (1): visual.extra"]),
 ])
 def test_tensors_of_the_wrong_kind_are_refused(tmp_path, tiny_weights, edit, words):
@@ -383,7 +389,6 @@ def test_cli_prints_the_warning_as_one_line(tmp_path, embedded_as_state_dict):
 def test_a_model_name_means_the_model_even_where_a_folder_has_its_name(tmp_path, monkeypatch):
     """As clip.load: "ViT-B/32" is OpenAI's model, whatever the current folder holds ("./ViT-B/32" is the
     folder), instead of "a directory without config.json" for a folder the user never meant."""
-    from mini_clip import download
     (tmp_path / "ViT-B" / "32").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     asked = []
@@ -392,7 +397,7 @@ def test_a_model_name_means_the_model_even_where_a_folder_has_its_name(tmp_path,
         asked.append(name)
         raise WeightsError(f"{name}: offline")
 
-    monkeypatch.setattr(download, "fetch", fetch)
+    monkeypatch.setattr(pretrained, "fetch", fetch)
     with pytest.raises(WeightsError, match="offline"):
         mini_clip.load("ViT-B/32")
     assert asked == ["ViT-B/32"]

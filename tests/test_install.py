@@ -1,5 +1,6 @@
-"""A plain install carries the embedded model: a wheel built from the repository, installed into a fresh folder
-and run from another directory, explains an image with no --weights (.ci/run repeats this on every run)."""
+"""A plain install carries the embedded model: a wheel built from the repository, installed into a fresh
+folder and run from another directory, explains an image with no --weights (.ci/run repeats this on every
+run)."""
 import importlib.util
 import json
 import os
@@ -24,7 +25,8 @@ def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
 
 @pytest.mark.slow
 def test_wheel_carries_the_embedded_model(tmp_path):
-    if importlib.util.find_spec("setuptools") is None:  # the build runs offline, with this environment's backend
+    # the build runs offline, with this environment's backend
+    if importlib.util.find_spec("setuptools") is None:
         pytest.skip("setuptools is not installed here, so the wheel cannot be built without a download")
     source = tmp_path / "source"
     source.mkdir()
@@ -33,8 +35,8 @@ def test_wheel_carries_the_embedded_model(tmp_path):
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, source / name)
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
-        str(source), cwd=tmp_path)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+        "-w", str(tmp_path / "dist"), str(source), cwd=tmp_path)
     [wheel] = (tmp_path / "dist").glob("mini_clip-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -42,11 +44,13 @@ def test_wheel_carries_the_embedded_model(tmp_path):
     assert "mini_clip/bpe_simple_vocab_16e6.txt.gz" in names, sorted(names)
 
     site = tmp_path / "site"
-    run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
+    run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel),
+        cwd=tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy2(ROOT / "docs" / "example.png", elsewhere / "example.png")
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}  # only the installed copy is importable
+    # only the installed copy is importable
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
     proc = run(sys.executable, "-m", "mini_clip.explain", "example.png", "--text", "a red star", "--text",
                "a blue circle", "--out", "out", cwd=elsewhere, env=env)
     assert "a red star" in proc.stdout

@@ -7,8 +7,8 @@ model that wrote it, computed by OpenAI's code or by transformers.
 import builtins
 import copy
 import dataclasses
-import json
 import io
+import json
 import os
 import pickle
 import shutil
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 import mini_clip
-from mini_clip import WeightsError, weights
+from mini_clip import WeightsError, files
 from mini_clip.weights import build, read_checkpoint
-from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 # torch 2.13 deprecates torch.jit.load, which the tests use only as the independent reader of an archive;
 # the random-file test feeds torch a pickle protocol header it warns about.
@@ -69,7 +69,8 @@ def ref16(openai_model, ref):
 
 @pytest.fixture(scope="module")
 def ref16_logits(openai_model, ref16, inputs, ref_logits):
-    """Reference for fp16 files: a fresh fp32 OpenAI CLIP holding the fp16 values (load_state_dict upcasts)."""
+    """Reference for fp16 files: a fresh fp32 OpenAI CLIP holding the fp16 values (load_state_dict
+    upcasts)."""
     torch.manual_seed(0)
     fp32 = openai_model.CLIP(*SHAPE).eval()
     fp32.load_state_dict(ref16.state_dict())
@@ -168,7 +169,8 @@ def test_torchscript_archive_read_without_running_it(monkeypatch, torchscript_fi
                             (torch._C, "import_ir_module_from_buffer")):
             m.setattr(owner, name, forbid)
         sd, config, _ = read_checkpoint(path)
-        check_logits(path, inputs, ref_logits if precision == "fp32" else ref16_logits, f"TorchScript {precision}")
+        want = ref_logits if precision == "fp32" else ref16_logits
+        check_logits(path, inputs, want, f"TorchScript {precision}")
     if precision == "fp16":
         assert sd["visual.conv1.weight"].dtype == torch.float16
         assert all(int(jit_state.pop(k)) == v for k, v in NOT_WEIGHTS.items())  # present, and not weights
@@ -260,11 +262,13 @@ def test_hugging_face_file_without_config(hf, filename):
     assert str(path) in str(info.value) and "config.json" in str(info.value)
 
 
-@pytest.mark.parametrize("edit, expected", [  # the config is compared with the shapes before anything is built
+# the config is compared with the shapes before anything is built
+@pytest.mark.parametrize("edit, expected", [
     (("vision_config", "num_hidden_layers", 3), ["vision_layers is 3 in the config, 2 in the tensors"]),
     (("text_config", "num_hidden_layers", 1), ["transformer_layers is 1 in the config, 2 in the tensors"]),
     ((None, "projection_dim", 32), ["embed_dim is 32 in the config, 48 in the tensors"]),
-    (("text_config", "max_position_embeddings", 40), ["context_length is 40 in the config, 77 in the tensors"]),
+    (("text_config", "max_position_embeddings", 40),
+     ["context_length is 40 in the config, 77 in the tensors"]),
     (("vision_config", "hidden_act", "gelu"), ["config.json", "quick_gelu"]),
 ])
 def test_hugging_face_config_disagreeing_with_tensors(tmp_path, hf, edit, expected):
@@ -330,7 +334,7 @@ def test_save_is_atomic(tmp_path, monkeypatch, ref, existing):
             super().write(data[:1000])  # half written when the disk fills up
             raise OSError("No space left on device")
 
-    monkeypatch.setattr(weights, "open", lambda name, mode: FullDisk(name, mode), raising=False)
+    monkeypatch.setattr(files, "open", lambda name, mode: FullDisk(name, mode), raising=False)
     with pytest.raises(OSError, match="No space"):
         mini_clip.save(model, path)
     if existing:
@@ -561,13 +565,15 @@ def test_crafted_pickle_is_refused_and_never_runs(tmp_path, monkeypatch, how, co
     message = str(info.value)
     assert str(path) in message
     # judged without the path: pytest's folder for this test is named "...refused..." itself
-    assert "refused" in message.replace(str(path), "") and "crafted" in message.replace(str(path), ""), message
+    unnamed = message.replace(str(path), "")
+    assert "refused" in unnamed and "crafted" in unnamed, message
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("source", ["torchscript fp32", "torchscript fp16", "hf safetensors", "hf bin",
                                     "mini_clip safetensors"])
-def test_files_that_state_their_architecture_load_without_warning(tmp_path, torchscript_files, hf, ref, source):
+def test_files_that_state_their_architecture_load_without_warning(tmp_path, torchscript_files, hf, ref,
+                                                                  source):
     """OpenAI's own archives, Hugging Face directories and mini_clip's files need no guess, so no warning."""
     kind, _, name = source.partition(" ")
     if kind == "torchscript":

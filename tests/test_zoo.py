@@ -1,4 +1,5 @@
-"""The CLIP zoo: OpenCLIP and Hugging Face ViT checkpoints load with their own library's numbers, or are refused.
+"""The CLIP zoo: OpenCLIP and Hugging Face ViT checkpoints load with their own library's numbers, or are
+refused.
 
 References (independent of mini_clip): OpenCLIP's own model code (`open-clip-torch`, test-only, built from
 its config JSONs shrunk to 1-2 blocks with the real head width, activation, MLP ratio and patch), OpenCLIP's
@@ -20,16 +21,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
-
-import mini_clip
-from mini_clip import download, zoo
-from mini_clip.heatmap import grid_to_image
-from mini_clip.image import Preprocessing, crop_geometry, preprocess
-from mini_clip.weights import WeightsError
 from reference import max_rel_diff, perturb_, random_tokens
+from safetensors.torch import save_file
 from test_download import server  # noqa: F401 (the loopback HTTP server fixture)
 from test_relevance import chefer_literal
+
+import mini_clip
+from mini_clip import pretrained, zoo
+from mini_clip.heatmap import grid_to_image
+from mini_clip.image import Preprocessing, crop_geometry
+from mini_clip.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,6 @@ def test_openai_rules_would_be_wrong_on_these(open_clip, tmp_path):
     bare = tmp_path / "h14.pt"
     torch.save(reference.state_dict(), bare)
     images, tokens = inputs(cfg)
-    want = open_clip_logits(reference, images, tokens)
     with pytest.raises(WeightsError, match="not a multiple of 64.*arch="):  # 160 wide: no OpenAI rule
         mini_clip.load(bare)
     cfg = shrunk(open_clip, "ViT-B-32")
@@ -202,15 +202,16 @@ def test_arch_states_a_bare_state_dict(open_clip, tmp_path, monkeypatch):
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, bare)
     images, tokens = inputs(cfg)
     want = open_clip_logits(reference, images, tokens)
-    with pytest.warns(UserWarning, match="states the architecture but not the images' preprocessing") as caught:
+    assumed = "states the architecture but not the images' preprocessing"
+    with pytest.warns(UserWarning, match=assumed) as caught:
         model, _ = mini_clip.load(bare, arch="ViT-g-14-tiny")  # the architecture is stated: no other warning
     assert len(caught) == 1
     with torch.no_grad():
         assert max_rel_diff(model(images, tokens)[0], want) < TOL
     converted = tmp_path / "g14.safetensors"
     for arch, expect in ((), "--arch"), (("--arch", "ViT-g-14"), "does not fit"):  # MLP 4.36x: no OpenAI rule
-        result = subprocess.run([sys.executable, str(REPO / "scripts" / "convert.py"), str(bare), str(converted),
-                                 *arch], capture_output=True, text=True, timeout=120)
+        command = [sys.executable, str(REPO / "scripts" / "convert.py"), str(bare), str(converted), *arch]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and expect in result.stderr and not converted.exists(), result.stderr
     mini_clip.save(model, converted)
     again, _ = load_quietly(converted)
@@ -249,8 +250,9 @@ def test_preprocessing_equals_open_clips_transform(open_clip, pp, tmp_path):
     model, prep = load_quietly(folder)
     size = cfg["vision_cfg"]["image_size"]
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 150, 3), dtype=np.uint8))
-    theirs = open_clip.image_transform(size, is_train=False, mean=pp.get("mean"), std=pp.get("std"),
-                                       resize_mode=pp["resize_mode"], interpolation=pp["interpolation"])(photo)
+    transform = open_clip.image_transform(size, is_train=False, mean=pp.get("mean"), std=pp.get("std"),
+                                          resize_mode=pp["resize_mode"], interpolation=pp["interpolation"])
+    theirs = transform(photo)
     assert torch.allclose(prep(photo), theirs, atol=1e-5)
     # recorded on save, read back on load; the relevance API preprocesses with it too
     mini_clip.save(model, tmp_path / "m.safetensors")
@@ -318,7 +320,8 @@ def test_hugging_face_gelu_head80_eps_mlp_equal_transformers(tmp_path):
         got = model(images, tokens)[0]
     MEASURED["HF CLIPModel gelu/80/1e-6"] = max_rel_diff(got, want)
     assert float(want.std()) > 0.1 and max_rel_diff(got, want) < TOL
-    assert (model.config.vision_heads, model.config.layer_norm_eps, model.config.vision_mlp_width) == (2, 1e-6, 500)
+    config = model.config
+    assert (config.vision_heads, config.layer_norm_eps, config.vision_mlp_width) == (2, 1e-6, 500)
     assert model.preprocessing.resize == "squash" and model.preprocessing.mean == (0.5, 0.5, 0.5)
 
 
@@ -358,7 +361,8 @@ def refused_cases(open_clip, root) -> dict:
              "CoCa's text decoder")):
         c = copy.deepcopy(cfg)
         for part, fields in edit.items():
-            c[part] = {**c[part], **fields} if isinstance(c.get(part), dict) and part != "multimodal_cfg" else fields
+            merge = isinstance(c.get(part), dict) and part != "multimodal_cfg"
+            c[part] = {**c[part], **fields} if merge else fields
         folder = root / name
         folder.mkdir()
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / zoo.WEIGHTS_NAMES[0]))
@@ -396,8 +400,9 @@ def test_refused_families_api_and_cli(open_clip, tmp_path):
               f"{str(tmp_path / 'out')!r}])\n"
               "    out[name] = [rc, err.getvalue()]\n"
               "print(json.dumps(out))\n")
-    result = subprocess.run([sys.executable, "-c", script, json.dumps({k: str(p) for k, (p, _) in cases.items()})],
-                            capture_output=True, text=True, timeout=300)
+    paths = json.dumps({k: str(p) for k, (p, _) in cases.items()})
+    result = subprocess.run([sys.executable, "-c", script, paths], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     for name, (rc, err) in json.loads(result.stdout).items():
         assert rc == 1 and cases[name][1] in err, (name, rc, err)
@@ -412,12 +417,14 @@ def test_named_open_clip_download(open_clip, tmp_path, monkeypatch, server):  # 
     cfg = shrunk(open_clip, "ViT-H-14")
     monkeypatch.setitem(zoo.ARCHS, "ViT-H-14-tiny", cfg)
     inception = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3)
-    monkeypatch.setitem(download.OPENCLIP_MODELS, "ViT-H-14-tiny/test", ("laion/tiny", "ViT-H-14-tiny", inception))
+    monkeypatch.setitem(pretrained.OPENCLIP_MODELS, "ViT-H-14-tiny/test",
+                        ("laion/tiny", "ViT-H-14-tiny", inception))
     monkeypatch.delenv("MINI_CLIP_OFFLINE", raising=False)
     reference = open_clip_model(open_clip, cfg)
     hub = hub_folder(tmp_path / "hub", reference, cfg)
-    server.files["/laion/tiny/resolve/main/open_clip_model.safetensors"] = (hub / zoo.WEIGHTS_NAMES[0]).read_bytes()
-    path = download.fetch("ViT-H-14-tiny/test", tmp_path / "cache", server.url, progress=False)
+    served = "/laion/tiny/resolve/main/open_clip_model.safetensors"
+    server.files[served] = (hub / zoo.WEIGHTS_NAMES[0]).read_bytes()
+    path = pretrained.fetch("ViT-H-14-tiny/test", tmp_path / "cache", server.url, progress=False)
     assert path.name == "ViT-H-14-tiny-test.safetensors"
     model, _ = load_quietly(path)  # the converted file states the architecture and the preprocessing
     images, tokens = inputs(cfg)
@@ -427,7 +434,7 @@ def test_named_open_clip_download(open_clip, tmp_path, monkeypatch, server):  # 
     # a wrong file (another architecture) is refused by its structure, and not converted
     other = hub_folder(tmp_path / "other", open_clip_model(open_clip, shrunk(open_clip, "ViT-B-32")),
                        shrunk(open_clip, "ViT-B-32"))
-    server.files["/laion/tiny/resolve/main/open_clip_model.safetensors"] = (other / zoo.WEIGHTS_NAMES[0]).read_bytes()
-    with pytest.raises(download.DownloadError, match="is not ViT-H-14-tiny/test"):
-        download.fetch("ViT-H-14-tiny/test", tmp_path / "cache2", server.url, progress=False)
+    server.files[served] = (other / zoo.WEIGHTS_NAMES[0]).read_bytes()
+    with pytest.raises(pretrained.DownloadError, match="is not ViT-H-14-tiny/test"):
+        pretrained.fetch("ViT-H-14-tiny/test", tmp_path / "cache2", server.url, progress=False)
     assert not (tmp_path / "cache2" / "ViT-H-14-tiny-test.safetensors").exists()
