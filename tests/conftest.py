@@ -9,10 +9,11 @@ from types import ModuleType
 
 import pytest
 import torch
-from reference import import_torchvision_beside_cpu_torch, openai
-from reference.openai import DOWNLOAD
 
 import mini_clip
+
+from reference import import_torchvision_beside_cpu_torch, openai
+from reference.openai import DOWNLOAD
 
 import_torchvision_beside_cpu_torch()  # before any test module imports transformers or open_clip
 

@@ -22,12 +22,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 import mini_clip
 from mini_clip import WeightsError, pretrained
 from mini_clip.image import load_image, resize_and_crop
 from mini_clip.pretrained import DownloadError, fetch
+
+from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 NAME, FILE = "ViT-T/test", "ViT-T-test.pt"
 CONVERTED = "ViT-T-test.safetensors"

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image, ImageDraw
 
 import mini_clip
+
+from conftest import TINY
 
 TEXTS = ["a red square", "a blue circle on grey", "a green triangle"]
 

@@ -18,10 +18,11 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import max_rel_diff, openai_clip, random_tokens
 
 from mini_clip import relevance
 from mini_clip.weights import build
+
+from reference import max_rel_diff, openai_clip, random_tokens
 
 # (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab, text_width, text_heads,
 #  text_layers): 2-3 heads, 4 image blocks so the default (last two), all and one middle start differ.

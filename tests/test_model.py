@@ -10,10 +10,11 @@ import sys
 
 import pytest
 import torch
-from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 from mini_clip import PRESETS, CLIPConfig
 from mini_clip.weights import build
+
+from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 EOT = 49407  # OpenAI's end-of-text id, the largest in the vocabulary
 SOT = 49406

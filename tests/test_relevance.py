@@ -19,18 +19,18 @@ from dataclasses import dataclass
 import pytest
 import torch
 import transformers
+
+from mini_clip import relevance
+from mini_clip.weights import build
+
 from reference import EOT, SOT, full_length_tokens, max_rel_diff, openai_clip, random_tokens, tolerance
 from reference.chefer import (
-    chefer_literal,  # noqa: F401 (test_zoo.py imports it from here)
     hf_interpret,
     openai_interpret,
     openai_keeping_probs,
     rollout,
 )
 from reference.hf import hf_clip
-
-from mini_clip import relevance
-from mini_clip.weights import build
 
 # (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab, text_width, text_heads,
 #  text_layers): patch 16 -> 4x4 grid, patch 32 -> 3x3 grid; 2-3 heads (so clamp-before-mean matters) and

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image
-from reference import max_rel_diff, perturb_, tolerance
 
 import mini_clip
 from mini_clip.folder import explain_folder
 from mini_clip.relevance import prepare_texts, relevance
 from mini_clip.terminal import Progress
+
+from conftest import TINY
+from reference import max_rel_diff, perturb_, tolerance
 
 TEXTS = ["a red square", "a blue circle on grey", "a green triangle"]
 CONFIG = mini_clip.CLIPConfig(embed_dim=32, image_resolution=48, vision_layers=3, vision_width=64,

