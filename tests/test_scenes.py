@@ -14,7 +14,7 @@ SEEDS = range(60)
 # Each world's promise, written here independently of the code: (smallest, largest object diameter as a
 # fraction of the side, brightest background channel, background kinds).
 WORLDS = {"dark": (0.15, 0.35, 79, {"solid", "vertical", "horizontal", "noise"}),
-          "wide": (0.10, 0.40, 128, {"solid", "vertical", "horizontal", "noise", "clouds", "lines"}),
+          "wide": (0.10, 0.40, 128, {"solid", "vertical", "horizontal", "noise", "clouds"}),
           "held-out": (0.10, 0.40, 128, {"stripes", "checker"})}
 # Area of each shape with circumradius 1: pi; a square of diagonal 2; 3 sqrt(3) / 4 for the equilateral
 # triangle; 10 triangles of sides 1 and 0.45 at 36 degrees for the star; 6 equilateral triangles.

@@ -60,8 +60,7 @@ WORLDS: dict[str, World] = {
     # The first embedded model's world. Below ~10 px (0.15 of 64) a star, hexagon and circle blur together.
     "dark": World("dark", ("solid", "vertical", "horizontal", "noise"), 79, (0.15, 0.35)),
     # Training's world since: up to mid-grey, low-frequency "clouds" texture, objects from 6 px (at 64) up.
-    # Since the second continuation, also "lines": random strokes, edges that belong to no object.
-    "wide": World("wide", ("solid", "vertical", "horizontal", "noise", "clouds", "lines"), 128, (0.10, 0.40)),
+    "wide": World("wide", ("solid", "vertical", "horizontal", "noise", "clouds"), 128, (0.10, 0.40)),
     # Never used for training: background families with edges of their own, to test generalisation.
     "held-out": World("held-out", ("stripes", "checker"), 128, (0.10, 0.40)),
 }
@@ -165,15 +164,6 @@ def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.
         smooth = [np.asarray(Image.fromarray(coarse[..., c], "F").resize((size, size), Image.BICUBIC))
                   for c in range(3)]
         image = np.stack(smooth, axis=-1) + rng.normal(0, 4, (size, size, 3))
-    elif kind == "lines":  # clutter: a few straight strokes of other colours, at any angle and width
-        base = rng.uniform(0, top, 3)
-        canvas = Image.new("RGB", (size, size), tuple(int(v) for v in base))
-        draw = ImageDraw.Draw(canvas)
-        for _ in range(int(rng.integers(3, 10))):
-            ends = [float(v) for v in rng.uniform(0, size, 4)]
-            colour = tuple(int(v) for v in rng.uniform(0, top, 3))
-            draw.line(ends, fill=colour, width=int(rng.integers(1, max(2, size // 16) + 1)))
-        image = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 4, (size, size, 3))
     elif kind in ("stripes", "checker"):  # two colours; stripes at any angle, checks axis-aligned
         a, b = rng.uniform(0, top, (2, 3))
         period = rng.uniform(0.08, 0.25) * size
