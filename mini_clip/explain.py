@@ -23,7 +23,7 @@ from .image import ImageError
 from .loading import load
 from .model import CLIP
 from .outputs import RESULTS, OutputError, RunSettings, write
-from .relevance import PreparedTexts, prepare_texts, settings
+from .relevance import METHODS, PreparedTexts, prepare_texts, settings
 from .terminal import PROG, Progress, describe, error, report, warning
 from .tokenizer import TextTooLong
 from .torchrun import Records, gather, ranks, start_group
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     with usage_errors():
         check_sizes(args.batch_size, args.workers, args.max_size, SIZE_FLAGS)
-    if args.signed and args.method not in (None, "chefer"):
+    if args.signed and args.method is not None and not METHODS[args.method].signed:
         raise UsageError(f"--signed works with --method chefer only, not {args.method}")
     rank, world, device = ranks(args.device)
     model = load_model(args, device)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     with usage_errors():  # what is given, else what the weights recommend, else the original's defaults
         method, start, start_text = settings(model, *given, START_FLAGS[1:])
     prepared = prepare(model, texts, method, start_text, args.truncate)
-    if args.signed and method != "chefer":
+    if args.signed and not METHODS[method].signed:
         raise UsageError(f"--signed works with method chefer only; the weights recommend {method}: add "
                          "--method chefer")
     resolved = RunSettings(method, start, start_text, args.signed, args.truncate, args.max_size, args.format)

@@ -37,7 +37,7 @@ from .outputs import (
     weights_stamp,
     write_outputs,
 )
-from .relevance import PreparedTexts, Relevance, prepare_texts, relevance, settings
+from .relevance import PreparedTexts, Relevance, check_signed, prepare_texts, relevance, settings
 
 # Images explained together. Measured (scripts/bench.py pipeline, ViT-B/32 shapes, 8 texts, 2 CPU cores):
 # 4 gives most of the throughput of 16 at a quarter of its memory (the gradients of B x N pairs).
@@ -146,8 +146,7 @@ def explain_folder(model: CLIP, images: Sequence[Union[str, os.PathLike]], texts
             (before any work).
     """
     method, s_img, s_txt = settings(model, method, start_layer, start_layer_text)
-    if signed and method != "chefer":
-        raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
+    check_signed(method, signed)
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a non-empty list of strings")
     check_sizes(batch_size, workers, max_size)

@@ -209,13 +209,14 @@ class Method(NamedTuple):
     #                                  probabilities, or "inputs", the tokens entering the start blocks
     forward: Optional[Callable[..., Recorded]] = None  # its own forward in place of the shared one, given the
     #                                                  texts' features: it explains the image only
+    signed: bool = False  # whether it has a signed variant (signed=True: negative evidence kept)
 
 
 # The start layers: the original's default for Chefer's method (last block only); all blocks for rollout,
 # whose point is to multiply through them; the last two for LeGrad (its authors' layer_index=-2); the last
 # block for the others.
 METHODS = {
-    "chefer": Method(chefer, start=-1, gradients="probs"),
+    "chefer": Method(chefer, start=-1, gradients="probs", signed=True),
     "attention": Method(attention, start=-1),
     "rollout": Method(rollout, start=0),
     "gradcam": Method(gradcam, start=-1, gradients="inputs"),
@@ -332,6 +333,13 @@ def settings(model: CLIP, method: Optional[str] = None, start_layer: Optional[in
             _start(start_layer_text, model.config.transformer_layers, method, names[1]))
 
 
+def check_signed(method: str, signed: bool) -> None:
+    """Raise ValueError if `signed` is asked of a method that has no signed variant."""
+    if signed and not METHODS[method].signed:
+        names = " or ".join(repr(name) for name, m in METHODS.items() if m.signed)
+        raise ValueError(f"signed relevance is defined for method {names} only, not {method!r}")
+
+
 def _start(start: Optional[int], blocks: int, method: str, name: str) -> int:
     """Normalise a start layer to an index in [0, blocks); -1 is the last block, as in the original."""
     start = max(DEFAULT_START[method], -blocks) if start is None else start
@@ -418,8 +426,7 @@ def relevance(model: CLIP, image: Images, texts: Texts,
         A Relevance with logits, probabilities, maps and matrices for every pair.
     """
     method, s_img, s_txt = settings(model, method, start_layer, start_layer_text)
-    if signed and method != "chefer":
-        raise ValueError(f"signed relevance is defined for method 'chefer' only, not {method!r}")
+    check_signed(method, signed)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("relevance needs gradients: call it outside torch.inference_mode() "
                            "(no_grad is fine)")

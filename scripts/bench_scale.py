@@ -149,6 +149,7 @@ def throughput(folder: Path, weights: Path, n: int, batches: tuple[int, ...], th
     xs = torch.stack([preprocess(mini_clip.load_image(p)) for p in photos])
     rows = []
     for b in batches:
+        mini_clip.relevance(model, xs[:b], PROMPTS)  # warm-up: the pipeline's runs below follow one too
         start = time.perf_counter()
         prepared = mini_clip.prepare_texts(model, PROMPTS)
         for k in range(0, n, b):
