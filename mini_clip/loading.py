@@ -50,15 +50,22 @@ def load(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cp
             path = pretrained.fetch(path)  # downloaded, verified and converted once, then read from the cache
     sd, config, metadata = read_checkpoint(path, arch)
     model = build(sd, config, str(path), device, dtype)
+    read_metadata(model, metadata, path)
+    return model, functools.partial(preprocess, size=config.image_resolution,
+                                    preprocessing=model.preprocessing)
+
+
+def read_metadata(model: CLIP, metadata: dict, path: PathLike) -> None:
+    """Set what a file's metadata says of its model beyond the tensors, validated (a file is untrusted): how
+    its images are made (`model.preprocessing`) and the explanation settings it recommends
+    (`model.recommended`, see relevance.settings). Raises WeightsError naming `path` and what is damaged."""
     try:
         model.preprocessing = Preprocessing.from_json(metadata.get("preprocess"))
     except (ValueError, TypeError, RecursionError) as e:
         raise WeightsError(f"{path}: damaged preprocessing in the metadata ({str(e)[:300]})") from None
-    if "explain" in metadata:  # the settings its model is best explained with (see relevance.recommended)
+    if "explain" in metadata:  # the settings its model is best explained with (see relevance.settings)
         try:
             model.recommended = check_recommended(json.loads(metadata["explain"]), model)
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
             raise WeightsError(f"{path}: damaged explanation settings in the metadata "
                                f"({str(e)[:300]})") from None
-    return model, functools.partial(preprocess, size=config.image_resolution,
-                                    preprocessing=model.preprocessing)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mini_clip import WeightsError
-from mini_clip.relevance import check_recommended, settings
+from mini_clip.loading import read_metadata
+from mini_clip.relevance import settings
 from mini_clip.scenes import (
     DELETION_INTERVALS,
     EVAL_SEED,
@@ -196,8 +197,7 @@ def main() -> int:
         # One read of the file: the tensors, the settings it recommends and the training step it was saved at
         sd, config, metadata = read_checkpoint(args.weights)
         model = build(sd, config, args.weights)
-        if "explain" in metadata:  # as mini_clip.load reads them (see relevance.recommended)
-            model.recommended = check_recommended(json.loads(metadata["explain"]), model)
+        read_metadata(model, metadata, args.weights)  # as mini_clip.load: preprocessing, recommended settings
         step = json.loads(metadata.get("training", "{}")).get("steps", "unknown")
         explainers, text_explainers, *labels = with_recommended(model)
         start = time.time()
