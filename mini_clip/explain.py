@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     with usage_errors():
         check_sizes(args.batch_size, args.workers, args.max_size, SIZE_FLAGS)
+    signs = " or ".join(name for name, m in METHODS.items() if m.signed)  # the methods with a signed variant
     if args.signed and args.method is not None and not METHODS[args.method].signed:
-        raise UsageError(f"--signed works with --method chefer only, not {args.method}")
+        raise UsageError(f"--signed works with --method {signs} only, not {args.method}")
     rank, world, device = ranks(args.device)
     model = load_model(args, device)
     given = (args.method, args.start_layer, args.start_layer_text)
@@ -54,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         method, start, start_text = settings(model, *given, START_FLAGS[1:])
     prepared = prepare(model, texts, method, start_text, args.truncate)
     if args.signed and not METHODS[method].signed:
-        raise UsageError(f"--signed works with method chefer only; the weights recommend {method}: add "
-                         "--method chefer")
+        raise UsageError(f"--signed works with method {signs} only; the weights recommend {method}: add "
+                         f"--method {signs.split(' or ')[0]}")
     resolved = RunSettings(method, start, start_text, args.signed, args.truncate, args.max_size, args.format)
     if not args.quiet and not args.json and rank == 0:
         print(describe(model, resolved, START_FLAGS, given) + "\n", flush=True)
