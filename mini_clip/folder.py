@@ -156,10 +156,11 @@ def explain_folder(model: CLIP, images: Sequence[Union[str, os.PathLike]], texts
         raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
     if prepared is None:
         prepared = prepare_texts(model, list(texts), method, s_txt, truncate)  # once for the whole run
-    elif (prepared.method, prepared.start_layer_text, len(prepared.labels)) != (method, s_txt, len(texts)):
-        raise ValueError(f"prepared texts are {len(prepared.labels)} for {prepared.method}, text block "
-                         f"{prepared.start_layer_text}; this run has {len(texts)} for {method}, text block "
-                         f"{s_txt}: prepare these texts with these settings")
+    else:
+        prepared.check(method, s_txt, model.positional_embedding.device)  # as relevance will, before any work
+        if len(prepared.labels) != len(texts):
+            raise ValueError(f"prepared texts are {len(prepared.labels)} texts; this run has "
+                             f"{len(texts)}: prepare these texts")
     run = RunSettings(method, s_img, s_txt, signed, truncate, max_size, format)
     job = _Job(Path(out), tuple(texts), weights_stamp(weights), run, model.config.image_resolution,
                model.preprocessing, resume)

@@ -373,6 +373,14 @@ class PreparedTexts:
     prefix: Optional[torch.Tensor]
     features: Optional[torch.Tensor]
 
+    def check(self, method: str, start_layer_text: int, device: torch.device) -> None:
+        """Raise ValueError unless these texts were prepared for this method, text block and device."""
+        if (self.method, self.start_layer_text) != (method, start_layer_text) or self.tokens.device != device:
+            raise ValueError(f"texts were prepared for {self.method}, text block {self.start_layer_text}, "
+                             f"on {self.tokens.device}; this call is for {method}, text block "
+                             f"{start_layer_text}, on {device}: prepare them with the same settings and "
+                             "model")
+
 
 def prepare_texts(model: CLIP, texts: Texts, method: Optional[str] = None,
                   start_layer_text: Optional[int] = None, truncate: bool = False) -> PreparedTexts:
@@ -433,10 +441,7 @@ def relevance(model: CLIP, image: Images, texts: Texts,
     device = model.positional_embedding.device
     if not isinstance(texts, PreparedTexts):
         texts = prepare_texts(model, texts, method, s_txt, truncate)
-    elif (texts.method, texts.start_layer_text) != (method, s_txt) or texts.tokens.device != device:
-        raise ValueError(f"texts were prepared for {texts.method}, text block {texts.start_layer_text}, "
-                         f"on {texts.tokens.device}; this call is for {method}, text block {s_txt}, on "
-                         f"{device}: prepare them with the same settings and model")
+    texts.check(method, s_txt, device)
     tokens, labels = texts.tokens, texts.labels
     image = as_images(image, model.visual.input_resolution, model.preprocessing).to(device)
     B, N = image.shape[0], tokens.shape[0]

@@ -133,7 +133,7 @@ def test_folder_refuses_bad_options_before_any_work(model, tmp_path):
         next(explain_folder(model, [tmp_path / "x.png"], TEXTS, tmp_path / "out", batch_size=2.0))
     prepared = prepare_texts(model, TEXTS, "chefer", 1)
     for options in ({"method": "rollout", "start_layer_text": 1}, {"start_layer_text": 2}):
-        with pytest.raises(ValueError, match="prepared texts are 3 for chefer, text block 1"):
+        with pytest.raises(ValueError, match="texts were prepared for chefer, text block 1"):
             next(explain_folder(model, [tmp_path / "x.png"], TEXTS, tmp_path / "out", prepared=prepared,
                                 **options))
     with pytest.raises(ValueError, match="prepared texts are 3 .* this run has 2"):
