@@ -1,7 +1,7 @@
 """The Chefer settings a model is best explained with, chosen on validation scenes: its recommendation.
 
-`choose_settings` returns the dict `mini_clip.save` writes into a weights file (see
-relevance.recommended); scripts/train_scenes.py calls it on scenes of its own, never the evaluation's.
+`choose_settings` returns the dict `mini_clip.save` writes into a weights file (`model.recommended`, read by
+relevance.settings); scripts/train_scenes.py calls it on scenes of its own, never the evaluation's.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def choose_settings(model: CLIP, scenes: Sequence[Scene]) -> dict:
     """The Chefer settings this model is best explained with, chosen on `scenes` (validation scenes, never the
     evaluation's): the image start layer whose maps point best (ties: the later block, nearer the original's
     default), and the text start layer that puts most relevance on the content words. Returns the dict that
-    `mini_clip.save` writes as the weights' recommendation (see relevance.recommended)."""
+    `mini_clip.save` writes as the weights' recommendation (see relevance.settings)."""
     blocks, text_blocks = model.config.vision_layers, model.config.transformer_layers
     image = [(f"start {k}", "chefer", k) for k in range(blocks)]
     hits = pointing_rates(evaluate(model, scenes, image, deletion_intervals=None))
