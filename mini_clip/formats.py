@@ -33,8 +33,8 @@ from safetensors import SafetensorError, safe_open
 
 from . import hf, zoo
 from .archive import MAX_INFLATION, UnsafeArchiveError, check_pickles, check_zip, read_entry
+from .config import CLIPConfig
 from .image import Preprocessing
-from .model import CLIPConfig
 from .torchscript import is_torchscript, read_torchscript
 
 EXPECTED = ("expected a mini_clip .safetensors file, an OpenAI/OpenCLIP .pt checkpoint (TorchScript or "

@@ -12,8 +12,8 @@ from typing import Mapping, Optional
 
 import torch
 
+from .config import ACTIVATIONS, CLIPConfig, check_size
 from .image import Preprocessing
-from .model import ACTIVATIONS, CLIPConfig, check_size
 from .tokenizer import EOT
 
 # OpenAI key -> Hugging Face key, outside the blocks. {p} is "weight" or "bias".

@@ -29,11 +29,11 @@ from typing import Optional, Union
 
 import torch
 
+from .config import PRESETS
 from .image import OPENAI, Preprocessing
-from .model import PRESETS
 from .weights import WeightsError, build, read_checkpoint, save
 
-# OpenAI's models by model.PRESETS' names (which hold their architectures): name -> (SHA-256 of the file,
+# OpenAI's models by config.PRESETS' names (which hold their architectures): name -> (SHA-256 of the file,
 # file name); OpenAI puts the hash in the URL, so it is also the address.
 MODELS = {
     "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt"),

@@ -21,9 +21,10 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from . import formats, zoo
+from .config import STATE_IT, CLIPConfig, summary
 from .files import atomic_write
 from .formats import EXPECTED, WeightsError
-from .model import CLIP, STATE_IT, CLIPConfig, summary
+from .model import CLIP
 from .tokenizer import VOCAB_SIZE
 
 PathLike = Union[str, os.PathLike]

@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from .config import CLIPConfig, summary
 from .image import Preprocessing
-from .model import CLIPConfig, summary
 from .tokenizer import VOCAB_SIZE
 
 CONFIG_NAME = "open_clip_config.json"

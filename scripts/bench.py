@@ -54,7 +54,7 @@ import bench_scale  # noqa: E402
 import bench_tokenizer  # noqa: E402
 
 import mini_clip  # noqa: E402
-from mini_clip.model import PRESETS, CLIPConfig  # noqa: E402
+from mini_clip.config import PRESETS, CLIPConfig  # noqa: E402
 from mini_clip.tokenizer import Tokenizer  # noqa: E402
 from mini_clip.weights import build  # noqa: E402
 

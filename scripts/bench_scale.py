@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import mini_clip
-from mini_clip.model import PRESETS
+from mini_clip.config import PRESETS
 
 PROMPTS = ["a photo of a dog", "a photo of a cat", "a diagram", "a red car parked on a busy street",
            "two children playing football on the beach", "a bowl of tomato soup with a spoon",

@@ -427,3 +427,17 @@ def test_no_hooks_anywhere(case):
         torch.autograd.grad(logits.sum(), [b.attn_probs for b in all_blocks(model)])
         assert hooks_of(model) == []
     assert hooks_of(model) == []
+
+
+def test_every_activation_a_config_accepts_builds_its_nonlinearity():
+    """config.ACTIVATIONS (what a config may state) and model.NONLINEARITIES (what a block builds) name the
+    same activations, and each block computes its activation's formula (written out here)."""
+    from mini_clip.config import ACTIVATIONS
+    from mini_clip.model import NONLINEARITIES, ResidualAttentionBlock
+    assert set(NONLINEARITIES) == set(ACTIVATIONS)
+    x = torch.linspace(-4, 4, 101)
+    formulas = {"quick_gelu": x * torch.sigmoid(1.702 * x), "gelu": 0.5 * x * (1 + torch.erf(x / 2 ** 0.5))}
+    assert set(formulas) == set(ACTIVATIONS)
+    for name in ACTIVATIONS:
+        block = ResidualAttentionBlock(64, 1, activation=name)
+        torch.testing.assert_close(block.mlp.gelu(x), formulas[name])
