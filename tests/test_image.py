@@ -10,6 +10,7 @@ as palette indices (PIL resizes "P" images nearest-neighbour); for RGB photos th
 reference converts first too, and scales 16-bit greyscale to 8 bits by round(v * 255 / 65535), as `to_rgb`.
 """
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,6 +238,28 @@ def test_exif_orientation_is_honoured(tmp_path):
     assert np.abs(pixels[35, 10] - (0, 0, 255)).max() < 30
     _, geometry = preprocess(path, 16, return_geometry=True)
     assert (geometry.width, geometry.height) == (20, 40)
+
+
+FDS = Path("/proc/self/fd")  # this process's open files (Linux)
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="counts open files through /proc/self/fd (Linux only)")
+@pytest.mark.parametrize("suffix, options", [
+    (".jpg", {}), (".png", {}), (".gif", {"save_all": True}), (".tif", {"save_all": True}),
+    (".png", {"save_all": True}), (".mpo", {"format": "MPO", "save_all": True}), (".webp", {})])
+def test_load_image_gives_the_first_frame_and_leaves_no_file_open(tmp_path, suffix, options):
+    """Single pictures and files of two frames (GIF, TIFF, APNG, MPO, which PIL keeps open for the other
+    frames): the image is the first frame, in RGB, usable after loading, and the file is closed."""
+    first, second = photo(30, 20, "RGB"), photo(30, 20, "RGB", seed=1)
+    path = tmp_path / f"frames{suffix}"
+    first.save(path, **({"append_images": [second]} if options.get("save_all") else {}), **options)
+    with Image.open(path) as raw:
+        expected = np.asarray(raw.convert("RGB"))  # PIL's own first frame (GIF: through its palette)
+    before = len(list(FDS.iterdir()))
+    image = load_image(path)
+    assert len(list(FDS.iterdir())) == before
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image), expected)
+    assert image.resize((15, 10)).size == (15, 10)  # the pixels outlive the file
 
 
 def test_load_image_converts_to_rgb(tmp_path):
