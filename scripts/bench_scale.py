@@ -12,6 +12,8 @@ processes are the point), each run in a fresh process where it says so:
 - folder throughput: images/s of `explain_folder` on N photos x 8 texts at batch sizes 1, 4, 16, with the
   threads (workers=2) and without (workers=0), against the model alone (`relevance` on the preprocessed
   batch);
+- stage costs: CPU seconds per photo of each stage (decode, preprocess, drawing copy, model, drawing and
+  writing), one after another on one thread: what the pipeline has to overlap;
 - cold start: `import mini_clip`, then `mini_clip.load` of the ViT-B/32 .safetensors, timed inside a fresh
   process, and that process's whole wall time (interpreter start included);
 - torchrun: `torchrun --nproc-per-node 2 -m mini_clip.explain` (1 torch thread each) against one process
@@ -171,6 +173,46 @@ def throughput(folder: Path, weights: Path, n: int, batches: tuple[int, ...], th
     return rows
 
 
+def stage_costs(folder: Path, weights: Path, n: int) -> list[tuple]:
+    """CPU seconds per 4000 x 3000 photo of each stage of explain_folder, one after another in this process on
+    one torch thread (what the pipeline's threads overlap): the median over n photos, against the model's."""
+    from mini_clip.folder import MAX_SIZE
+    from mini_clip.heatmap import shrink
+    from mini_clip.image import preprocess
+    from mini_clip.outputs import write_outputs
+    MODEL = "the model: relevance of the photo alone (batch 1), 8 texts prepared once"
+    torch.set_num_threads(1)
+    model, _ = mini_clip.load(weights)
+    prepared = mini_clip.prepare_texts(model, PROMPTS)
+    costs = {}
+
+    def timed(stage: str, fn):
+        start = time.process_time()
+        result = fn()
+        costs.setdefault(stage, []).append(time.process_time() - start)
+        return result
+
+    photos = [draw_photo(folder / f"s{k:02d}.jpg", 4000, 3000, 300 + k) for k in range(n)]
+    mini_clip.relevance(model, preprocess(mini_clip.load_image(photos[0]), 224)[None], prepared)  # warm-up
+    for k, path in enumerate(photos):
+        original = timed("decode the JPEG (load_image)", lambda: mini_clip.load_image(path))
+        x, geometry = timed("OpenAI's preprocessing of the full photo",
+                            lambda: preprocess(original, 224, return_geometry=True))
+        picture = timed(f"the drawing copy (long side {MAX_SIZE})", lambda: shrink(original, MAX_SIZE))
+        rel = timed(MODEL, lambda: mini_clip.relevance(model, x[None], prepared))
+        out = folder / f"stages-{k}"
+        out.mkdir()
+        timed("overlays, contact sheet, their files and result.json (write_outputs)",
+              lambda: write_outputs(out, path, picture, geometry, rel, PROMPTS, "jpeg", None))
+    model_s = statistics.median(costs[MODEL])
+    rows = []
+    for stage, times in costs.items():
+        t = statistics.median(times)
+        rows.append((f"per photo, 1 thread, CPU time: {stage}", f"{t:.3f} s", f"model {model_s:.3f} s",
+                     f"{t / model_s:.2f}x the model's", "-", "-"))
+    return rows
+
+
 COLD = """import json, sys, time
 start = time.perf_counter()
 import mini_clip
@@ -228,6 +270,7 @@ def run(quick: bool, photos: int) -> list[tuple]:
         folder = Path(tmp)
         weights = save_b32(folder)
         rows = end_to_end(folder, weights, 1 if quick else 3, 2)
+        rows += stage_costs(folder, weights, 3 if quick else 8)
         rows += throughput(folder, weights, 4 if quick else photos, (1, 4) if quick else (1, 4, 16), 2)
         rows += cold_start(weights, 1 if quick else 3)
         rows += torchrun(folder, weights, 2 if quick else 8)
