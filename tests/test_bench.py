@@ -30,7 +30,8 @@ def test_bench_quick(openai_clip_dir):
     assert [cell.strip() for cell in header.strip("|").split("|")] == list(HEADER)
     table = [line for line in lines if line.startswith("| ") and line != header]
     for section in ("explain ViT-B/32", "forward ViT-B/32", "encode_image ViT-B/32",
-                    "tokenize 2,000 captions", "load B/32", "peak extra RSS"):
+                    "tokenize 2,000 captions", "load B/32", "peak extra RSS", "end to end: CLI",
+                    "per photo, 1 thread, CPU time: the model", "folder,", "cold start", "torchrun"):
         assert any(section in row for row in table), f"no row for {section!r}:\n{out.stdout}"
     for row in table:  # every row complete: a figure for mini_clip, the reference, a ratio
         cells = [cell.strip() for cell in row.strip("|").split("|")]
