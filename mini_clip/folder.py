@@ -45,9 +45,9 @@ BATCH_SIZE = 4
 # Long side of the overlays, in pixels (0: the photo's own size). The maps have at most 24 x 24 cells
 # (ViT-L/14@336): at 1024 a cell still spans 40 pixels or more, so no detail of an explanation is lost, and
 # the photo stays recognisable on any screen. Measured (scripts/bench.py scale): a 12 MP photo drawn at full
-# size costs several times the model's own work per image; at 1024 x 768 (1/16 of the pixels) 8 overlays
-# and their JPEG files take about 0.1 s, a tenth of ViT-B/32's explanation of the image. Use --max-size 0
-# for prints.
+# size costs several times the model's own work per image; at 1024 x 768 (1/16 of the pixels) 8 overlays,
+# the contact sheet and their files take about 0.1 s on one thread, less than ViT-B/32's explanation of the
+# image (0.15 s). Use --max-size 0 for prints.
 MAX_SIZE = 1024
 WORKERS = 2  # decoding and drawing threads: enough to hide both behind the model on a few cores
 
