@@ -244,7 +244,8 @@ def contact_sheet(original: Image.Image, overlays: list[Image.Image], titles: li
 
     Args:
         original: the photo.
-        overlays: one overlay per text (from `overlay`).
+        overlays: one overlay per text (from `overlay`), at any size, or only the first SHEET_TEXTS of them
+            (the others are not drawn).
         titles: per overlay, (text, score) drawn on one line, e.g. ('a dog', '  p=0.93'); the text is cut
             with an ellipsis to the panel's width, the score always shown. Both single-line strings.
         tokens: per text, (token, relevance) pairs, relevance as computed (any scale, signed or not).
@@ -259,8 +260,8 @@ def contact_sheet(original: Image.Image, overlays: list[Image.Image], titles: li
     row_height = LINE + picture_height + GAP + LINE * max((len(r) for r in word_rows), default=0) + GAP
     columns = min(COLUMNS, len(pictures))
     rows = -(-len(pictures) // columns)
-    footer = [f"+ {len(overlays) - len(drawn)} more texts, not drawn here: see their overlay files"] \
-        if len(overlays) > len(drawn) else []
+    footer = [f"+ {len(titles) - len(drawn)} more texts, not drawn here: see their overlay files"] \
+        if len(titles) > len(drawn) else []
     against = any(value is not None and value < 0 for rows in word_rows for _, value in rows)
     footer.append(f"words: {WORD_SCALE} (1.00: the word that mattered most)"
                   + ("; blue: against the text" if against else ""))

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 from PIL import Image
 
 from .files import atomic_write
-from .heatmap import contact_sheet, overlays
+from .heatmap import SHEET_TEXTS, contact_sheet, fit, overlays
 from .image import CropGeometry
 from .relevance import Relevance
 from .weights import DEFAULT_WEIGHTS
@@ -35,9 +35,10 @@ SHEET = "sheet.png"
 OWN_FILES = re.compile(r"\d{2,}-[a-z0-9-]+\.(png|jpg|webp)|\..+\.\d+\.tmp")
 # Overlay formats: (suffix, PIL format, encoder options). The overlays are photos: JPEG at quality 90 is the
 # default, about 10x smaller and 30x faster to encode than PNG, its artefacts below the heat scale's steps.
-# PNG (lossless) at zlib level 1: level 6, PIL's default, takes twice as long for 10 % less on photos, and 3.4x
-# as long on a contact sheet (0.12 s for 9 panels, as long as ViT-B/32's explanation of the photo with 8 texts;
-# level 1: 0.035 s, 27 % more bytes). The sheet (text on a flat background) is always PNG, at the same level.
+# PNG (lossless) at zlib level 1: level 6, PIL's default, takes twice as long for 10 % less on photos, and
+# 3.4x as long on a contact sheet (0.12 s for 9 panels, as long as ViT-B/32's explanation of the photo with
+# 8 texts; level 1: 0.035 s, 27 % more bytes). The sheet (text on a flat background) is always PNG, at this
+# level.
 # WebP at quality 85: smaller than JPEG, slower to encode.
 FORMATS = {"jpeg": (".jpg", "JPEG", {"quality": 90}), "png": (".png", "PNG", {"compress_level": 1}),
            "webp": (".webp", "WEBP", {"quality": 85})}
@@ -181,7 +182,6 @@ def write_outputs(folder: Path, image: Path, picture: Image.Image, geometry: Cro
         raise OutputError(f"{folder}: cannot use it for this image's outputs ({e.strerror or e})") from None
     _, kind, options = FORMATS[format]
     entries = []  # per text: its entry of the record
-    drawn = []  # per text: its overlay, for the sheet
     titles = []
     words = []
     outputs = output_paths(folder, texts, format)
@@ -190,7 +190,6 @@ def write_outputs(folder: Path, image: Path, picture: Image.Image, geometry: Cro
         write(outputs[j + 1], lambda f: overlay.save(f, format=kind, **options))
         scores = [] if rel.text is None else rel.text[j][0]  # None: the method explains the image only
         pairs = [(label, float(s)) for label, s in zip(rel.labels[j], scores)]
-        drawn.append(overlay)
         logit, prob = float(rel.logits[0, j]), float(rel.probs[0, j])
         one_text = len(texts) == 1  # its probability is always 1: its logit says more
         titles.append((printable(text), f"  logit={logit:.2f}" if one_text else f"  p={prob:.2f}"))
@@ -198,7 +197,10 @@ def write_outputs(folder: Path, image: Path, picture: Image.Image, geometry: Cro
         entries.append({"text": text, "logit": logit, "prob": prob,
                         "grid": grid.tolist(), "tokens": [{"token": t, "relevance": s} for t, s in pairs],
                         "overlay": str(outputs[j + 1])})
-    sheet = contact_sheet(picture, drawn, titles, words)
+    # The sheet's panels are drawn at their own size (the same map and blend, on the photo fitted to a panel):
+    # cheaper than fitting the large overlays (a quarter of this function's time), which need not be kept.
+    panels = overlays(fit(picture), grids[:SHEET_TEXTS], geometry)
+    sheet = contact_sheet(picture, list(panels), titles, words)
     write(outputs[0], lambda f: sheet.save(f, format="PNG", **FORMATS["png"][2]))
     remove_stale(folder, set(outputs[1:]))
     record = {"image": str(image), "width": geometry.width, "height": geometry.height,
