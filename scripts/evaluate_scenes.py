@@ -95,6 +95,9 @@ def summary(report: Report) -> list[tuple[str, list[float]]]:
     for e in report.explainers:
         rows.append(row(f"pointing %: {e}", lambda g, e=e: _percent(g, lambda o: o.hit[e])))
     for e in report.explainers:
+        rows.append(row(f"pointing: misses on another object %: {e}",
+                        lambda g, e=e: _percent(g, lambda o: o.elsewhere[e])))
+    for e in report.explainers:
         rows.append(row(f"strict pointing (>= {STRICT_COVER:.0%} of the cell on the mask) %: {e}",
                         lambda g, e=e: _percent(g, lambda o: o.strict_hit[e])))
     for e in report.explainers:

@@ -263,7 +263,11 @@ def test_evaluate_records_every_object_on_a_micro_model(train_scenes):
     assert len(report.objects) == sum(len(s.objects) for s in scenes)
     assert report.deletion_steps == (0, 4, 8, 12, 16)
     for o in report.objects:
-        assert set(o.hit) == set(o.mass) == set(o.deletion) == {e[0] for e in S.EXPLAINERS}
+        labels = {e[0] for e in S.EXPLAINERS}
+        assert set(o.hit) == set(o.elsewhere) == set(o.mass) == set(o.deletion) == labels
+        assert not any(o.hit[e] and o.elsewhere[e] for e in o.hit)  # a hit is never also a miss
+        # the text-blind map peaks on some object: on the named one, or on another
+        assert o.hit[TEXT_BLIND] or o.elsewhere[TEXT_BLIND]
         assert all(len(c) == 5 for c in o.deletion.values())
         assert 0 <= min(o.mass.values()) and max(o.mass.values()) <= 1
         # nothing and everything deleted are the same images whatever the order: the curves agree there
@@ -286,6 +290,7 @@ def test_evaluation_script_prints_the_table(tmp_path, train_scenes):
     assert "2 scenes per world" in run.stdout and "training step 0" in run.stdout
     assert "| measure | wide: all (" in run.stdout and "| held-out: all (" in run.stdout
     assert "| deletion AUC (lower is better): random |" in run.stdout
+    assert "| pointing: misses on another object %: chefer |" in run.stdout
     assert "| words: relevance on colour + shape %: chefer, last text block |" in run.stdout
     assert "- target pointing with the recommended setting (chefer) >= 90 %: " in run.stdout
 

@@ -82,6 +82,7 @@ class ObjectResult:
     area: float  # the mask's share of the image: what a uniform map puts on it
     negatives: dict[str, tuple[int, int]]  # zero-shot: swap kind -> (won, compared)
     hit: dict[str, bool]
+    elsewhere: dict[str, bool]  # a miss whose arg-max cell touches another object (the wrong one, not noise)
     strict_hit: dict[str, bool]
     mass: dict[str, float]
     deletion: dict[str, np.ndarray]  # the caption's logit after each deletion step; empty if not measured
@@ -179,10 +180,16 @@ def evaluate(model: CLIP, scenes: Sequence[Scene], explainers: Sequence[Explaine
             own = text_features[[index[c] for c in captions]]
             curves = _deletion_curves(model, x, scene, maps, own, steps)
         for j, obj in enumerate(scene.objects):
+            hit = {k: pointing_hit(m[j], obj.mask) for k, m in maps.items()}
+            others = np.zeros_like(obj.mask)  # every other object's pixels
+            for other in scene.objects:
+                if other is not obj:
+                    others |= other.mask
             results.append(ObjectResult(
                 scene=i, one_colour=is_one_colour(scene), caption=obj.caption, area=float(obj.mask.mean()),
                 negatives=zero_shot[j],
-                hit={k: pointing_hit(m[j], obj.mask) for k, m in maps.items()},
+                hit=hit,
+                elsewhere={k: not hit[k] and pointing_hit(m[j], others) for k, m in maps.items()},
                 strict_hit={k: pointing_hit(m[j], obj.mask, STRICT_COVER) for k, m in maps.items()},
                 mass={k: mass_on_mask(m[j], obj.mask) for k, m in maps.items()},
                 deletion={k: c[j] for k, c in curves.items()}))
