@@ -161,6 +161,8 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image file") from None
+    except Image.UnidentifiedImageError:  # PIL's own text names the file object, not the path
+        raise ImageError(f"{path}: not a readable image (not a format PIL recognises)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{path}: refused, too many pixels to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unknown, corrupt and truncated files

@@ -217,6 +217,7 @@ def test_load_image_errors_name_the_path(tmp_path, kind):
             call(path)
         assert type(info.value) is ImageError, f"{type(info.value).__name__}: {info.value}"
         assert isinstance(info.value, ValueError) and str(path) in str(info.value)
+        assert "_io." not in str(info.value)  # the path, not the repr of a file object
 
 
 def test_exif_orientation_is_honoured(tmp_path):
