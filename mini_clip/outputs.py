@@ -199,8 +199,9 @@ def write_outputs(folder: Path, image: Path, picture: Image.Image, geometry: Cro
                         "overlay": str(outputs[j + 1])})
     # The sheet's panels are drawn at their own size (the same map and blend, on the photo fitted to a panel):
     # cheaper than fitting the large overlays (a quarter of this function's time), which need not be kept.
-    panels = overlays(fit(picture), grids[:SHEET_TEXTS], geometry)
-    sheet = contact_sheet(picture, list(panels), titles, words)
+    small = fit(picture)  # the photo's panel too: contact_sheet's own fit of it is then a copy
+    panels = overlays(small, grids[:SHEET_TEXTS], geometry)
+    sheet = contact_sheet(small, list(panels), titles, words)
     write(outputs[0], lambda f: sheet.save(f, format="PNG", **FORMATS["png"][2]))
     remove_stale(folder, set(outputs[1:]))
     record = {"image": str(image), "width": geometry.width, "height": geometry.height,
