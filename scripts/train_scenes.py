@@ -202,8 +202,9 @@ def main() -> int:
     p.add_argument("--vision-layers", type=int, default=SHIPPED.vision_layers, help="image tower depth")
     p.add_argument("--init", help="continue from this weights file (its architecture; no curriculum)")
     p.add_argument("--one-colour", type=float, default=0.4, help="fraction of one-colour scenes per batch")
-    p.add_argument("--world", choices=[w for w in WORLDS if w != "held-out"], default=DEFAULT_WORLD,
-                   help="the scenes trained and validated on (the held-out world is kept for evaluation)")
+    trainable = [w for w in WORLDS if not w.startswith("held-out")]
+    p.add_argument("--world", choices=trainable, default=DEFAULT_WORLD,
+                   help="the scenes trained and validated on (the held-out worlds are never trained on)")
     p.add_argument("--recommend-only", action="store_true", help="train nothing: choose the explanation "
                    "settings of the model already in --out on validation scenes and write them into it")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -15,7 +15,11 @@ SEEDS = range(60)
 # fraction of the side, brightest background channel, background kinds).
 WORLDS = {"dark": (0.15, 0.35, 79, {"solid", "vertical", "horizontal", "noise"}),
           "wide": (0.10, 0.40, 128, {"solid", "vertical", "horizontal", "noise", "clouds"}),
-          "held-out": (0.10, 0.40, 128, {"stripes", "checker"})}
+          "textured": (0.10, 0.40, 128, {"solid", "vertical", "horizontal", "noise", "clouds", "lines",
+                                          "cells"}),
+          "held-out": (0.10, 0.40, 128, {"stripes", "checker"}),
+          "held-out-val": (0.10, 0.40, 128, {"rings", "plaid"})}
+TRAINED_ON = ("dark", "wide", "textured")
 # Area of each shape with circumradius 1: pi; a square of diagonal 2; 3 sqrt(3) / 4 for the equilateral
 # triangle; 10 triangles of sides 1 and 0.45 at 36 degrees for the star; 6 equilateral triangles.
 UNIT_AREA = {"circle": math.pi, "square": 2.0, "triangle": 3 * math.sqrt(3) / 4,
@@ -61,13 +65,17 @@ def test_worlds_are_the_promised_ones_and_the_default_is_wide():
         assert set(S.WORLDS[name].backgrounds) == kinds
         seen = {S.make_scene(seed, world=name).background for seed in range(80)}
         assert seen == kinds, (name, seen)
-    # training never sees the held-out world's backgrounds
-    assert not set(S.WORLDS["held-out"].backgrounds) & set(S.WORLDS["wide"].backgrounds)
-    with pytest.raises(ValueError, match="unknown world 'bright'; choose one of dark, wide, held-out"):
+    # training never sees either held-out world's backgrounds, and the two held-out worlds share none
+    trained = {kind for name in TRAINED_ON for kind in S.WORLDS[name].backgrounds}
+    held_out, held_out_val = (set(S.WORLDS[name].backgrounds) for name in ("held-out", "held-out-val"))
+    assert not held_out & trained and not held_out_val & trained and not held_out & held_out_val
+    with pytest.raises(ValueError, match="unknown world 'bright'; choose one of dark, wide, textured, "
+                       "held-out, held-out-val"):
         S.make_scene(0, world="bright")
 
 
-@pytest.mark.parametrize("size,world", [(64, "dark"), (64, "wide"), (64, "held-out"), (224, "wide")])
+@pytest.mark.parametrize("size,world", [(64, "dark"), (64, "wide"), (64, "textured"), (64, "held-out"),
+                                        (64, "held-out-val"), (224, "wide"), (224, "textured")])
 def test_masks_match_pixels_and_do_not_overlap(size, world):
     low, high, top, kinds = WORLDS[world]
     for seed in SEEDS if size == 64 else range(6):

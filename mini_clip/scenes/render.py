@@ -5,10 +5,13 @@ puts hard negatives such as "a red star" / "a red circle" / "a blue star" in one
 for explanations: an object's `mask` says where "a red star" is, so a relevance map can be scored by the
 pointing game (does its arg-max cell lie on the mask?).
 
-A scene holds 1-4 non-overlapping shapes on a background drawn by its `World` (WORLDS): "wide" (the default
-and the training world: solid, gradient, noisy and cloudy backgrounds from black to mid-grey, objects 10-40 %
-of the side), "held-out" (stripes and checkerboards training never sees, to measure generalisation) and
-"dark" (the first embedded model's narrower world: dark backgrounds, objects 15-35 %). Shapes are drawn at
+A scene holds 1-4 non-overlapping shapes on a background drawn by its `World` (WORLDS): "wide" (the default:
+solid, gradient, noisy and cloudy backgrounds from black to mid-grey, objects 10-40 % of the side),
+"textured" (the embedded model's last training world: wide's backgrounds plus random strokes and flat
+polygonal cells, edges that belong to no object), two worlds no training sees: "held-out" (stripes and
+checkerboards, to measure generalisation) and "held-out-val" (concentric rings and smooth plaids, for
+choices between models, so that the held-out world only measures), and "dark" (the first embedded model's
+narrower world: dark backgrounds, objects 15-35 %). Shapes are drawn at
 SUPERSAMPLE times the output resolution and box-filtered down, so edges are anti-aliased. The coverage of a
 pixel is the fraction of it the shape covers; the pixel is `background * (1 - coverage) + colour * coverage`,
 and the object's mask is `coverage >= 0.5`. Pixels of partial coverage below 0.5 lie on the mask's border
@@ -61,8 +64,15 @@ WORLDS: dict[str, World] = {
     "dark": World("dark", ("solid", "vertical", "horizontal", "noise"), 79, (0.15, 0.35)),
     # Training's world since: up to mid-grey, low-frequency "clouds" texture, objects from 6 px (at 64) up.
     "wide": World("wide", ("solid", "vertical", "horizontal", "noise", "clouds"), 128, (0.10, 0.40)),
+    # "wide" plus backgrounds with edges that belong to no object: random strokes ("lines") and flat
+    # polygonal regions ("cells"). Families apart from the held-out world's periodic stripes and checks.
+    "textured": World("textured", ("solid", "vertical", "horizontal", "noise", "clouds", "lines", "cells"),
+                      128, (0.10, 0.40)),
     # Never used for training: background families with edges of their own, to test generalisation.
     "held-out": World("held-out", ("stripes", "checker"), 128, (0.10, 0.40)),
+    # Never used for training either, and apart from "held-out": the variant choices between models may look
+    # at (the held-out world only measures the model chosen).
+    "held-out-val": World("held-out-val", ("rings", "plaid"), 128, (0.10, 0.40)),
 }
 DEFAULT_WORLD = "wide"
 BACKGROUNDS: tuple[str, ...] = tuple(dict.fromkeys(k for w in WORLDS.values() for k in w.backgrounds))
@@ -164,6 +174,33 @@ def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.
         smooth = [np.asarray(Image.fromarray(coarse[..., c], "F").resize((size, size), Image.BICUBIC))
                   for c in range(3)]
         image = np.stack(smooth, axis=-1) + rng.normal(0, 4, (size, size, 3))
+    elif kind == "lines":  # 3-12 straight strokes across the image, any angle, 1-5 px wide, on a flat colour
+        image = np.broadcast_to(rng.uniform(0, top, 3), (size, size, 3)).copy()
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        for _ in range(int(rng.integers(3, 13))):
+            (px, py), theta = rng.uniform(0, size, 2), rng.uniform(0, np.pi)
+            width = rng.uniform(1, 5) * size / 64
+            on = np.abs((xx - px) * np.sin(theta) - (yy - py) * np.cos(theta)) < width / 2
+            image[on] = rng.uniform(0, top, 3)
+    elif kind == "cells":  # 3-9 flat regions, each the pixels nearest one random site (straight edges)
+        sites = rng.uniform(0, size, (int(rng.integers(3, 10)), 2))
+        colours = rng.uniform(0, top, (len(sites), 3))
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        nearest = ((xx[..., None] - sites[:, 0]) ** 2 + (yy[..., None] - sites[:, 1]) ** 2).argmin(-1)
+        image = colours[nearest]
+    elif kind == "rings":  # two colours in concentric bands around a random point
+        a, b = rng.uniform(0, top, (2, 3))
+        period = rng.uniform(0.08, 0.25) * size
+        cx, cy = rng.uniform(0, size, 2)
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        image = np.where((np.hypot(xx - cx, yy - cy) % period < period / 2)[..., None], a, b)
+    elif kind == "plaid":  # two smooth sinusoidal gratings at random angles, between two colours
+        a, b = rng.uniform(0, top, (2, 3))
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        t = np.zeros((size, size))
+        for theta, period in zip(rng.uniform(0, np.pi, 2), rng.uniform(0.08, 0.25, 2) * size):
+            t += np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period) / 4
+        image = a + (b - a) * (t[..., None] + 0.5)
     elif kind in ("stripes", "checker"):  # two colours; stripes at any angle, checks axis-aligned
         a, b = rng.uniform(0, top, (2, 3))
         period = rng.uniform(0.08, 0.25) * size
