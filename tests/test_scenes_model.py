@@ -282,13 +282,17 @@ def test_evaluate_records_every_object_on_a_micro_model(train_scenes):
 def test_evaluation_script_prints_the_table(tmp_path, train_scenes):
     torch.manual_seed(0)
     weights = tmp_path / "micro.safetensors"
-    mini_clip.save(CLIP(train_scenes.MICRO), weights, {"training": json.dumps({"steps": 0})})
+    # the targets are read on the world the file says it was trained on
+    training = json.dumps({"steps": 0, "world": "textured"})
+    mini_clip.save(CLIP(train_scenes.MICRO), weights, {"training": training})
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_scenes.py"), "--scenes", "2",
                           "--weights", str(weights), "--threads", "1"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "2 scenes per world" in run.stdout and "training step 0" in run.stdout
-    assert "| measure | wide: all (" in run.stdout and "| held-out: all (" in run.stdout
+    assert "| measure | textured: all (" in run.stdout and "| held-out: all (" in run.stdout
+    assert "wide: all" not in run.stdout
+    assert "held-out world: zero-shot at most 5 points below textured" in run.stdout
     assert "| deletion AUC (lower is better): random |" in run.stdout
     assert "| pointing: misses on another object %: chefer |" in run.stdout
     assert "| words: relevance on colour + shape %: chefer, last text block |" in run.stdout
@@ -344,6 +348,10 @@ def test_targets_read_the_recommended_rows(train_scenes):
     assert met["held-out world: zero-shot at most 5 points below wide"]  # 92 >= 97 - 5
     words = "words: relevance on colour + shape with the recommended setting (chefer, all text blocks)"
     assert not met[f"{words} >= 90 %"]
+    # read on the model's own training world: the variant is then measured against that one
+    rows["textured"] = dict(rows["wide"], **{"zero-shot: comparisons won %": [98.0] * 3})
+    met = dict(script.targets(rows, "chefer, all blocks", "chefer, all text blocks", "textured"))
+    assert not met["held-out world: zero-shot at most 5 points below textured"]  # 92 < 98 - 5
 
 
 def test_evaluation_script_fails_in_one_line(tmp_path, monkeypatch, capsys):
