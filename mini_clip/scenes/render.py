@@ -167,6 +167,7 @@ def get_world(world: str | World) -> World:
 
 def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.ndarray:
     """A background of the given kind: (size, size, 3) float32, every channel in [0, top]."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres, for the kinds drawn by geometry
     if kind == "noise":
         image = rng.uniform(10, top - 29, 3) + rng.normal(0, 10, (size, size, 3))
     elif kind == "clouds":  # smooth blobs: a coarse random grid upsampled bicubically, plus a little grain
@@ -176,7 +177,6 @@ def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.
         image = np.stack(smooth, axis=-1) + rng.normal(0, 4, (size, size, 3))
     elif kind == "lines":  # 3-12 straight strokes across the image, any angle, 1-5 px wide, on a flat colour
         image = np.broadcast_to(rng.uniform(0, top, 3), (size, size, 3)).copy()
-        yy, xx = np.mgrid[0:size, 0:size] + 0.5
         for _ in range(int(rng.integers(3, 13))):
             (px, py), theta = rng.uniform(0, size, 2), rng.uniform(0, np.pi)
             width = rng.uniform(1, 5) * size / 64
@@ -185,18 +185,15 @@ def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.
     elif kind == "cells":  # 3-9 flat regions, each the pixels nearest one random site (straight edges)
         sites = rng.uniform(0, size, (int(rng.integers(3, 10)), 2))
         colours = rng.uniform(0, top, (len(sites), 3))
-        yy, xx = np.mgrid[0:size, 0:size] + 0.5
         nearest = ((xx[..., None] - sites[:, 0]) ** 2 + (yy[..., None] - sites[:, 1]) ** 2).argmin(-1)
         image = colours[nearest]
     elif kind == "rings":  # two colours in concentric bands around a random point
         a, b = rng.uniform(0, top, (2, 3))
         period = rng.uniform(0.08, 0.25) * size
         cx, cy = rng.uniform(0, size, 2)
-        yy, xx = np.mgrid[0:size, 0:size] + 0.5
         image = np.where((np.hypot(xx - cx, yy - cy) % period < period / 2)[..., None], a, b)
     elif kind == "plaid":  # two smooth sinusoidal gratings at random angles, between two colours
         a, b = rng.uniform(0, top, (2, 3))
-        yy, xx = np.mgrid[0:size, 0:size] + 0.5
         t = np.zeros((size, size))
         for theta, period in zip(rng.uniform(0, np.pi, 2), rng.uniform(0.08, 0.25, 2) * size):
             t += np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period) / 4
@@ -204,7 +201,6 @@ def _background(rng: np.random.Generator, kind: str, size: int, top: int) -> np.
     elif kind in ("stripes", "checker"):  # two colours; stripes at any angle, checks axis-aligned
         a, b = rng.uniform(0, top, (2, 3))
         period = rng.uniform(0.08, 0.25) * size
-        yy, xx = np.mgrid[0:size, 0:size] + 0.5
         if kind == "stripes":
             theta = rng.uniform(0, np.pi)
             on = (xx * np.cos(theta) + yy * np.sin(theta)) % period < period / 2
