@@ -1,7 +1,10 @@
 """Train the tiny CLIP that ships as mini_clip's default model, on the synthetic world of mini_clip.scenes.
 
-    python scripts/train_scenes.py --out weights/scenes-vit-t8.safetensors      # the shipped recipe
+    python scripts/train_scenes.py --world dark --out stage1.safetensors  # the shipped model's first stage
+    python scripts/train_scenes.py --init stage1.safetensors --steps 3000 --lr 3e-4 --out stage2.safetensors
     python scripts/train_scenes.py --steps 20 --micro --select-every 0 --out /tmp/m.safetensors  # a smoke run
+
+(The third stage, and which step each stage kept: README, "The embedded model".)
 
 Recipe: OpenAI's architecture at 64 px with 8 px patches, OpenAI's tokenizer and normalisation; the
 symmetric contrastive loss with a learnable temperature; batches whose captions come in groups sharing a
