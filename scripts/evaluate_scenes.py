@@ -203,6 +203,7 @@ def main() -> int:
         model = build(sd, config, args.weights)
         read_metadata(model, metadata, args.weights)  # as mini_clip.load: preprocessing, recommended settings
         training = json.loads(metadata.get("training", "{}"))
+        training = training if isinstance(training, dict) else {}  # a file's own words: untrusted
         step, training_world = training.get("steps", "unknown"), training.get("world", DEFAULT_WORLD)
         worlds = args.world or [training_world, VARIANT]
         explainers, text_explainers, *labels = with_recommended(model)

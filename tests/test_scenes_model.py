@@ -354,8 +354,20 @@ def test_targets_read_the_recommended_rows(train_scenes):
     assert not met["held-out world: zero-shot at most 5 points below textured"]  # 92 < 98 - 5
 
 
-def test_evaluation_script_fails_in_one_line(tmp_path, monkeypatch, capsys):
+def test_evaluation_script_fails_in_one_line(tmp_path, monkeypatch, capsys, train_scenes):
     script = load_module("evaluate_scenes", ROOT / "scripts" / "evaluate_scenes.py")
+    # the training world a file names is its own word: an unknown one is refused, a malformed record ignored
+    weights = tmp_path / "micro.safetensors"
+    quick = ["evaluate_scenes.py", "--weights", str(weights), "--scenes", "2", "--no-deletion", "--no-words"]
+    cases = ((json.dumps({"world": "nowhere"}), [], 1), ("[1, 2]", ["--world", "dark"], 0))
+    for training, flags, code in cases:
+        mini_clip.save(CLIP(train_scenes.MICRO), weights, {"training": training})
+        monkeypatch.setattr(sys, "argv", quick + flags)
+        assert script.main() == code
+        out = capsys.readouterr()
+        if code:
+            assert out.err.strip() == ("evaluate_scenes: error: unknown world 'nowhere'; choose one of dark, "
+                                       "wide, textured, held-out, held-out-val")
     missing = str(tmp_path / "missing.safetensors")
     monkeypatch.setattr(sys, "argv", ["evaluate_scenes.py", "--weights", missing])
     assert script.main() == 1
