@@ -205,7 +205,7 @@ def main() -> int:
     p.add_argument("--vision-layers", type=int, default=SHIPPED.vision_layers, help="image tower depth")
     p.add_argument("--init", help="continue from this weights file (its architecture; no curriculum)")
     p.add_argument("--one-colour", type=float, default=0.4, help="fraction of one-colour scenes per batch")
-    trainable = [w for w in WORLDS if not w.startswith("held-out")]
+    trainable = [name for name, world in WORLDS.items() if not world.held_out]
     p.add_argument("--world", choices=trainable, default=DEFAULT_WORLD,
                    help="the scenes trained and validated on (the held-out worlds are never trained on)")
     p.add_argument("--recommend-only", action="store_true", help="train nothing: choose the explanation "

@@ -69,6 +69,7 @@ def test_worlds_are_the_promised_ones_and_the_default_is_wide():
     trained = {kind for name in TRAINED_ON for kind in S.WORLDS[name].backgrounds}
     held_out, held_out_val = (set(S.WORLDS[name].backgrounds) for name in ("held-out", "held-out-val"))
     assert not held_out & trained and not held_out_val & trained and not held_out & held_out_val
+    assert {name for name, w in S.WORLDS.items() if w.held_out} == set(WORLDS) - set(TRAINED_ON)
     with pytest.raises(ValueError, match="unknown world 'bright'; choose one of dark, wide, textured, "
                        "held-out, held-out-val"):
         S.make_scene(0, world="bright")

@@ -161,6 +161,16 @@ def test_training_script_refuses_bad_flags_in_one_line(tmp_path, monkeypatch, ca
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.parametrize("world", ["held-out", "held-out-val"])
+def test_training_script_refuses_the_held_out_worlds(tmp_path, monkeypatch, capsys, train_scenes, world):
+    monkeypatch.setattr(sys, "argv", ["train_scenes.py", "--micro", "--out", str(tmp_path / "m.safetensors"),
+                                      "--world", world])
+    with pytest.raises(SystemExit) as exit:
+        train_scenes.main()
+    assert exit.value.code == 2 and f"--world: invalid choice: '{world}'" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_validation_pointing_measures_a_micro_model(train_scenes):
     model = CLIP(train_scenes.MICRO).train()
     scenes = S.evaluation_scenes(4, train_scenes.VALIDATION_SEED, train_scenes.MICRO.image_resolution)

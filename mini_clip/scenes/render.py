@@ -50,13 +50,14 @@ class World:
     `backgrounds` are the kinds drawn (gradients run along the named axis); every background channel stays
     <= `background_max` (of 255), below every object colour's brightest channel (>= 160 after jitter), so
     an object always stands out; `size_range` is an object's diameter (its circumscribed circle) as a
-    fraction of the image side.
+    fraction of the image side; a `held_out` world is never trained on (scripts/train_scenes.py refuses it).
     """
 
     name: str
     backgrounds: tuple[str, ...]
     background_max: int
     size_range: tuple[float, float]
+    held_out: bool = False
 
 
 WORLDS: dict[str, World] = {
@@ -69,10 +70,10 @@ WORLDS: dict[str, World] = {
     "textured": World("textured", ("solid", "vertical", "horizontal", "noise", "clouds", "lines", "cells"),
                       128, (0.10, 0.40)),
     # Never used for training: background families with edges of their own, to test generalisation.
-    "held-out": World("held-out", ("stripes", "checker"), 128, (0.10, 0.40)),
+    "held-out": World("held-out", ("stripes", "checker"), 128, (0.10, 0.40), held_out=True),
     # Never used for training either, and apart from "held-out": the variant choices between models may look
     # at (the held-out world only measures the model chosen).
-    "held-out-val": World("held-out-val", ("rings", "plaid"), 128, (0.10, 0.40)),
+    "held-out-val": World("held-out-val", ("rings", "plaid"), 128, (0.10, 0.40), held_out=True),
 }
 DEFAULT_WORLD = "wide"
 BACKGROUNDS: tuple[str, ...] = tuple(dict.fromkeys(k for w in WORLDS.values() for k in w.backgrounds))
