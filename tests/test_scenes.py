@@ -73,6 +73,11 @@ def test_worlds_are_the_promised_ones_and_the_default_is_wide():
     with pytest.raises(ValueError, match="unknown world 'bright'; choose one of dark, wide, textured, "
                        "held-out, held-out-val"):
         S.make_scene(0, world="bright")
+    # a name read from a weights file may be anything: refused in a line of bounded length, never a TypeError
+    for name in (["wide"], {"wide": 1}, "w" * 10_000):
+        with pytest.raises(ValueError, match="^unknown world ") as error:
+            S.make_scene(0, world=name)
+        assert len(str(error.value)) < 120
 
 
 @pytest.mark.parametrize("size,world", [(64, "dark"), (64, "wide"), (64, "textured"), (64, "held-out"),

@@ -161,8 +161,8 @@ def get_world(world: str | World) -> World:
     """A World, or the one of WORLDS with that name."""
     if isinstance(world, World):
         return world
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}; choose one of {', '.join(WORLDS)}")
+    if not isinstance(world, str) or world not in WORLDS:  # a name may come from a weights file: untrusted
+        raise ValueError(f"unknown world {world!r:.40}; choose one of {', '.join(WORLDS)}")
     return WORLDS[world]
 
 
