@@ -92,18 +92,10 @@ def contrastive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Tenso
     return (image_loss + text_loss) / 2
 
 
-def patch_logits(model: CLIP, x: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """Each image's best patch against each text (B, N): the patch tokens (B, T, C) read as the class token
-    is (ln_post, proj), scored as the logits score the class token, the maximum over patches kept."""
-    patches = model.visual.ln_post(x[:, 1:]) @ model.visual.proj  # (B, P, D)
-    B, P, _ = patches.shape
-    return model.logits(patches.flatten(0, 1), text_features).view(B, P, -1).amax(dim=1)
-
-
 def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3, warmup: int = 500,
           seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None,
           init=None, curriculum: bool = True, select_every: int = 0, select_scenes: int = 100,
-          world: str = DEFAULT_WORLD, dense: float = 0.0) -> list[float]:
+          world: str = DEFAULT_WORLD) -> list[float]:
     """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's
     loss. With select_every, `out` holds the best-pointing step on the validation scenes (see the module
     docstring)."""
@@ -113,8 +105,6 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
                     one_colour_fraction=one_colour, continued_from=None, world=world,
                     data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
                     loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
-    if dense:
-        settings["dense_loss"] = dict(weight=dense, logits="max over patches (ln_post, proj)")
     if init is None:
         model = CLIP(config)
     else:  # its weights, its architecture, and the settings that trained it (kept in the new file's metadata)
@@ -138,13 +128,8 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
         max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps))) if curriculum else 4  # 1 -> 4 objects
         R = config.image_resolution
         images, tokens, matches = make_batch(rng, batch_size, R, max_objects, one_colour, world)
-        if dense:  # the patches' outputs too: every row of the last block
-            x = model.visual.transformer(model.visual.embed(images))
-            text_features = model.encode_text(tokens)
-            loss = (contrastive_loss(model.logits(model.visual.pool(x), text_features), matches)
-                    + dense * contrastive_loss(patch_logits(model, x, text_features), matches))
-        else:
-            loss = contrastive_loss(model(images, tokens)[0], matches)
+        logits_per_image, _ = model(images, tokens)
+        loss = contrastive_loss(logits_per_image, matches)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -223,8 +208,6 @@ def main() -> int:
     trainable = [name for name, world in WORLDS.items() if not world.held_out]
     p.add_argument("--world", choices=trainable, default=DEFAULT_WORLD,
                    help="the scenes trained and validated on (the held-out worlds are never trained on)")
-    p.add_argument("--dense", type=float, default=0.0, help="weight of a second contrastive loss on each "
-                   "image's best-matching patch (0: off)")
     p.add_argument("--recommend-only", action="store_true", help="train nothing: choose the explanation "
                    "settings of the model already in --out on validation scenes and write them into it")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -243,7 +226,7 @@ def main() -> int:
         train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
               seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out,
               init=args.init, curriculum=args.init is None, select_every=args.select_every,
-              select_scenes=args.select_scenes, world=args.world, dense=args.dense)
+              select_scenes=args.select_scenes, world=args.world)
     except (WeightsError, OSError, ValueError) as e:
         if args.debug:
             raise
@@ -264,7 +247,6 @@ def bad_flag(args: argparse.Namespace) -> str | None:
         (args.select_every >= 0, f"--select-every is {args.select_every}; need 0 (off) or more"),
         (args.select_scenes >= 2, f"--select-scenes is {args.select_scenes}; need at least 2"),
         (args.vision_layers >= 1, f"--vision-layers is {args.vision_layers}; need at least 1"),
-        (args.dense >= 0, f"--dense is {args.dense}; need 0 (off) or more"),
         (0 <= args.one_colour <= 1, f"--one-colour is {args.one_colour}; need a fraction from 0 to 1"),
         (out.parent.is_dir() and os.access(out.parent, os.W_OK),
          f"--out {args.out}: its folder {out.parent} is missing or not writable"),

@@ -143,37 +143,8 @@ def test_selection_keeps_the_best_pointing_step(tmp_path, monkeypatch, train_sce
     assert all(torch.equal(saved[k], v.half()) for k, v in snapshots[1].items())
 
 
-def test_patch_logits_score_each_images_best_patch(train_scenes):
-    """The dense loss's logits, against a test-side loop: every patch read through ln_post and proj, cosine
-    with every text, times exp(logit_scale), the best patch kept."""
-    torch.manual_seed(0)
-    model = CLIP(train_scenes.MICRO).eval()
-    images, texts = torch.randn(3, 3, 32, 32), torch.randn(5, train_scenes.MICRO.embed_dim)
-    with torch.no_grad():
-        x = model.visual.transformer(model.visual.embed(images))
-        got = train_scenes.patch_logits(model, x, texts)
-        want = torch.full((3, 5), -torch.inf)
-        for b in range(3):
-            for k in range(1, x.shape[1]):  # token 0 is the class token: not a patch
-                f = model.visual.ln_post(x[b, k]) @ model.visual.proj
-                for j in range(5):
-                    cos = torch.dot(f, texts[j]) / (f.norm() * texts[j].norm())
-                    want[b, j] = max(want[b, j], model.logit_scale.exp() * cos)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_dense_training_lowers_the_loss_and_is_recorded(tmp_path, train_scenes):
-    out = tmp_path / "micro.safetensors"
-    losses = train_scenes.train(train_scenes.MICRO, 20, batch_size=32, warmup=3, seed=0, log_every=0,
-                                out=out, checkpoint=20, dense=1.0)
-    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
-    with safe_open(str(out), framework="pt") as f:
-        assert json.loads(f.metadata()["training"])["dense_loss"]["weight"] == 1.0
-
-
 @pytest.mark.parametrize("flags, code, says", [
     (["--steps", "0"], 2, "--steps is 0"),
-    (["--dense", "-1"], 2, "--dense is -1.0"),
     (["--one-colour", "1.5"], 2, "--one-colour is 1.5"),
     (["--select-every", "-1"], 2, "--select-every is -1"),
     (["--vision-layers", "0"], 2, "--vision-layers is 0"),
