@@ -66,17 +66,15 @@ def to_input(images: np.ndarray) -> torch.Tensor:
 
 
 def make_batch(rng: np.random.Generator, batch_size: int, size: int, max_objects: int, one_colour: float,
-               world: str = DEFAULT_WORLD, shape_negatives: int = 1):
+               world: str = DEFAULT_WORLD):
     """Images, texts (the B paired captions, then 2 text-only hard negatives per image) and the (B, texts)
     matrix of which texts are true of which image."""
     scenes, captions = sample_scenes(rng, batch_size, size, max_objects, one_colour_fraction=one_colour,
                                      world=world)
     negatives = []
     for scene in scenes:
-        # shape swaps of the first, second, ... object, then a colour swap of the first
-        swaps = [(scene.objects[k % len(scene.objects)], "shape") for k in range(shape_negatives)]
-        for obj, swap in [*swaps, (scene.objects[0], "colour")]:
-            options = hard_negatives(scene, obj, swap=swap)
+        for swap in ("shape", "colour"):
+            options = hard_negatives(scene, scene.objects[0], swap=swap)
             negatives.append(options[rng.integers(len(options))])
     texts = captions + negatives
     images = np.stack([np.asarray(s.image) for s in scenes])
@@ -97,7 +95,7 @@ def contrastive_loss(logits: torch.Tensor, matches: torch.Tensor) -> torch.Tenso
 def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3, warmup: int = 500,
           seed: int = 0, one_colour: float = 0.4, log_every: int = 100, checkpoint=None, out=None,
           init=None, curriculum: bool = True, select_every: int = 0, select_scenes: int = 100,
-          world: str = DEFAULT_WORLD, shape_negatives: int = 1) -> list[float]:
+          world: str = DEFAULT_WORLD) -> list[float]:
     """Train from OpenAI's initialisation, or continue from the weights file `init`; returns every step's
     loss. With select_every, `out` holds the best-pointing step on the validation scenes (see the module
     docstring)."""
@@ -107,8 +105,6 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
                     one_colour_fraction=one_colour, continued_from=None, world=world,
                     data="mini_clip.scenes.sample_scenes + 2 text-only hard negatives per image",
                     loss="symmetric multi-positive InfoNCE", schedule="linear warm-up, cosine")
-    if shape_negatives != 1:
-        settings["shape_negatives"] = shape_negatives
     if init is None:
         model = CLIP(config)
     else:  # its weights, its architecture, and the settings that trained it (kept in the new file's metadata)
@@ -131,8 +127,7 @@ def train(config: CLIPConfig, steps: int, batch_size: int = 96, lr: float = 1e-3
     for step in range(steps):
         max_objects = min(4, 1 + 4 * step // max(1, int(0.4 * steps))) if curriculum else 4  # 1 -> 4 objects
         R = config.image_resolution
-        images, tokens, matches = make_batch(rng, batch_size, R, max_objects, one_colour, world,
-                                             shape_negatives)
+        images, tokens, matches = make_batch(rng, batch_size, R, max_objects, one_colour, world)
         logits_per_image, _ = model(images, tokens)
         loss = contrastive_loss(logits_per_image, matches)
         opt.zero_grad(set_to_none=True)
@@ -213,8 +208,6 @@ def main() -> int:
     trainable = [name for name, world in WORLDS.items() if not world.held_out]
     p.add_argument("--world", choices=trainable, default=DEFAULT_WORLD,
                    help="the scenes trained and validated on (the held-out worlds are never trained on)")
-    p.add_argument("--shape-negatives", type=int, default=1, help="text-only negatives per image that swap "
-                   "an object's shape (the first object's, the second's, ...), beside one colour swap")
     p.add_argument("--recommend-only", action="store_true", help="train nothing: choose the explanation "
                    "settings of the model already in --out on validation scenes and write them into it")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -233,7 +226,7 @@ def main() -> int:
         train(config, args.steps, args.batch_size, args.lr, warmup=min(500, args.steps // 10 + 1),
               seed=args.seed, one_colour=args.one_colour, checkpoint=args.checkpoint, out=args.out,
               init=args.init, curriculum=args.init is None, select_every=args.select_every,
-              select_scenes=args.select_scenes, world=args.world, shape_negatives=args.shape_negatives)
+              select_scenes=args.select_scenes, world=args.world)
     except (WeightsError, OSError, ValueError) as e:
         if args.debug:
             raise
