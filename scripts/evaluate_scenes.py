@@ -37,6 +37,7 @@ from mini_clip.scenes import (
     evaluate,
     evaluate_text,
     evaluation_scenes,
+    get_world,
 )
 from mini_clip.weights import DEFAULT_WEIGHTS, build, read_checkpoint
 
@@ -204,7 +205,8 @@ def main() -> int:
         read_metadata(model, metadata, args.weights)  # as mini_clip.load: preprocessing, recommended settings
         training = json.loads(metadata.get("training", "{}"))
         training = training if isinstance(training, dict) else {}  # a file's own words: untrusted
-        step, training_world = training.get("steps", "unknown"), training.get("world", DEFAULT_WORLD)
+        step = training.get("steps", "unknown")
+        training_world = get_world(training.get("world", DEFAULT_WORLD)).name  # unknown: refused in one line
         worlds = args.world or [training_world, VARIANT]
         explainers, text_explainers, *labels = with_recommended(model)
         start = time.time()

@@ -369,15 +369,18 @@ def test_evaluation_script_fails_in_one_line(tmp_path, monkeypatch, capsys, trai
     # the training world a file names is its own word: an unknown one is refused, a malformed record ignored
     weights = tmp_path / "micro.safetensors"
     quick = ["evaluate_scenes.py", "--weights", str(weights), "--scenes", "2", "--no-deletion", "--no-words"]
-    cases = ((json.dumps({"world": "nowhere"}), [], 1), ("[1, 2]", ["--world", "dark"], 0))
-    for training, flags, code in cases:
+    cases = ((json.dumps({"world": "nowhere"}), [], "'nowhere'"), ("[1, 2]", ["--world", "dark"], None),
+             # refused whichever worlds are measured: it names the world the targets are read on
+             (json.dumps({"world": "nowhere"}), ["--world", "dark"], "'nowhere'"),
+             (json.dumps({"world": ["x"]}), ["--world", "dark"], "['x']"))
+    for training, flags, refused in cases:
         mini_clip.save(CLIP(train_scenes.MICRO), weights, {"training": training})
         monkeypatch.setattr(sys, "argv", quick + flags)
-        assert script.main() == code
+        assert script.main() == (1 if refused else 0)
         out = capsys.readouterr()
-        if code:
-            assert out.err.strip() == ("evaluate_scenes: error: unknown world 'nowhere'; choose one of dark, "
-                                       "wide, textured, held-out, held-out-val")
+        if refused:
+            assert out.err.strip() == (f"evaluate_scenes: error: unknown world {refused}; choose one of "
+                                       "dark, wide, textured, held-out, held-out-val")
     missing = str(tmp_path / "missing.safetensors")
     monkeypatch.setattr(sys, "argv", ["evaluate_scenes.py", "--weights", missing])
     assert script.main() == 1
